@@ -1,0 +1,85 @@
+//! The on-disk compile cache.
+//!
+//! Compiling a component with Cranelift takes from tens of milliseconds to
+//! seconds; loading the compiled artifact takes about a millisecond. Artifacts
+//! are keyed by the SHA-256 of the component's bytes and by wasmtime's
+//! compatibility hash of the engine settings (wasmtime version, target, every
+//! codegen-relevant option), so a changed component or a changed host never
+//! loads a stale artifact. The folder is opened once as a cap-std [`Dir`]:
+//! every file name is a hex key, nothing can lead outside it.
+//!
+//! Whoever can write the cache folder can make the host run arbitrary native
+//! code (artifacts are machine code), so it must be private to the user that
+//! runs fnhost; the default `~/.cache/fnhost` is.
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use sha2::{Digest, Sha256};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// A folder of compiled components.
+pub struct CompileCache {
+    dir: Dir,
+    path: PathBuf,
+}
+
+impl CompileCache {
+    /// Opens (creating if needed) the cache folder at `path`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+        Ok(Self {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder this cache lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The artifact file name for `wasm` compiled by `engine`.
+    pub fn key(engine: &Engine, wasm: &[u8]) -> String {
+        let mut settings = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut settings);
+        let digest = Sha256::digest(wasm);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}-{:016x}.cwasm", settings.finish())
+    }
+
+    /// Loads a cached artifact, or `None` when there is none or it does not
+    /// fit this engine (then the caller compiles and stores a new one).
+    pub fn load(&self, engine: &Engine, key: &str) -> Option<Component> {
+        let bytes = self.dir.read(key).ok()?;
+        // SAFETY: the artifact was written by `store` below into a folder the
+        // host user owns (see the module docs), and wasmtime checks its
+        // header against this engine before using it.
+        match unsafe { Component::deserialize(engine, &bytes) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(
+                    "ignoring unusable compile cache entry {}: {error}",
+                    self.path.join(key).display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Stores `component` under `key`, atomically: a reader sees the whole
+    /// artifact or none.
+    pub fn store(&self, key: &str, component: &Component) -> anyhow::Result<()> {
+        let bytes = component
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("cannot serialize the compiled component: {e}"))?;
+        let temporary = format!("{key}.{}.tmp", std::process::id());
+        self.dir.write(&temporary, &bytes)?;
+        self.dir.rename(&temporary, &self.dir, key)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! Command-line definitions, one file per subcommand.
+
+mod check;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+/// fnhost: serve WebAssembly function components, sandboxed.
+#[derive(Parser)]
+#[command(name = "fnhost", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a component's HTTP handler.
+    Serve(serve::ServeCommand),
+    /// Check a component: what it imports and exports, which trigger it serves.
+    Check(check::CheckCommand),
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(command) => command.execute(),
+        Command::Check(command) => command.execute(),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: fnhost at info,
+/// everything else at warn).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fnhost=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,150 @@
+//! `fnhost serve`: load a component and serve it over HTTP until a signal.
+
+use anyhow::Context;
+use clap::Args;
+use fnhost::config::parse::{parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size};
+use fnhost::config::{
+    DEFAULT_LISTEN, DirGrant, GuestGrants, HostConfig, HttpLimits, InvocationLimits, Origin,
+};
+use fnhost::Host;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Settings of `fnhost serve`. Each flag also reads the environment variable
+/// named in its help; a flag wins over the variable.
+#[derive(Args)]
+pub struct ServeCommand {
+    /// The component to serve (a .wasm file exporting wasi:http/incoming-handler@0.2.x).
+    component: PathBuf,
+
+    /// Address of the HTTP trigger; port 0 picks a free port.
+    #[arg(long, env = "FNHOST_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Largest request body (413 beyond).
+    #[arg(long, env = "FNHOST_MAX_BODY", default_value = "100MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_body: u64,
+
+    /// Time a client has to send a complete request head before the connection is closed.
+    #[arg(long, env = "FNHOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    header_timeout: Duration,
+
+    /// Wall clock per invocation, response body included (504 beyond).
+    #[arg(long, env = "FNHOST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    timeout: Duration,
+
+    /// Linear memory per instance (500 with fnhost-error: memory beyond).
+    #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_memory: u64,
+
+    /// Origin the guest may send HTTP requests to, e.g. https://api.example.com (repeatable; none by default).
+    #[arg(long = "allow-outbound", env = "FNHOST_ALLOW_OUTBOUND", value_delimiter = ',', value_parser = parse_origin, value_name = "URL")]
+    allow_outbound: Vec<Origin>,
+
+    /// Environment variable the guest sees (repeatable; none by default).
+    #[arg(long = "env", value_parser = parse_env_pair, value_name = "K=V")]
+    env: Vec<(String, String)>,
+
+    /// Host directory the guest may use, at GUEST path (repeatable; none by default).
+    #[arg(long = "dir", value_parser = parse_dir_grant, value_name = "HOST::GUEST")]
+    dir: Vec<DirGrant>,
+
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "FNHOST_GRACE", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    grace: Duration,
+
+    /// Folder of the compile cache [default: $XDG_CACHE_HOME/fnhost or ~/.cache/fnhost].
+    #[arg(long, env = "FNHOST_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile the component on every start; neither read nor write the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl ServeCommand {
+    /// Resolves the settings into a [`HostConfig`].
+    fn config(&self) -> HostConfig {
+        let defaults = HostConfig::default();
+        HostConfig {
+            listen: self.listen,
+            http: HttpLimits {
+                max_body: self.max_body,
+                header_read_timeout: self.header_timeout,
+                ..HttpLimits::default()
+            },
+            invocation: InvocationLimits {
+                timeout: self.timeout,
+                max_memory: self.max_memory,
+            },
+            grants: GuestGrants {
+                env: self.env.clone(),
+                dirs: self.dir.clone(),
+                outbound: self.allow_outbound.clone(),
+            },
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or(defaults.cache_dir)
+            },
+            grace: self.grace,
+        }
+    }
+
+    /// Loads the component, binds, serves until a signal, drains.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let config = self.config();
+        let host = Host::builder(config.clone()).component(&self.component).build()?;
+        let summary = host.summary();
+        tracing::info!(
+            "loaded {} in {} ms ({}; {}; {} allocator)",
+            summary.path.display(),
+            summary.load_time.as_millis(),
+            summary.handler.describe(),
+            if summary.from_cache { "compile cache hit" } else { "compiled" },
+            summary.allocator,
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
+            let address = listener.local_addr()?;
+            tracing::info!("serving {} on http://{address}", self.component.display());
+            let drained = host.serve(listener, shutdown_signal()).await;
+            if drained {
+                tracing::info!("drained; exiting");
+            } else {
+                tracing::warn!("grace period over with requests still in flight; exiting");
+            }
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM. A second signal while draining
+/// exits at once, for the operator who does not want to wait.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received (send another to exit immediately)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without waiting for in-flight requests");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

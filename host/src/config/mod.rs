@@ -1,0 +1,187 @@
+//! Validated host settings.
+//!
+//! The CLI (and later the manifest) collects what the user typed; this module
+//! holds the resolved [`HostConfig`] every other part of the host reads. An
+//! embedder builds a `HostConfig` directly: `HostConfig::default()` is a
+//! locked-down host (no environment, no directories, no outbound HTTP).
+
+pub mod parse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default HTTP trigger address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit (`--max-body`): 100 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 100 << 20;
+/// Default wall-clock limit per invocation (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default linear-memory limit per instance (`--max-memory`): 128 MiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
+/// Default time in-flight requests get to finish on shutdown (`--grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything a host needs to serve, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Address of the HTTP trigger.
+    pub listen: SocketAddr,
+    /// Limits on what clients may send.
+    pub http: HttpLimits,
+    /// Limits on each invocation.
+    pub invocation: InvocationLimits,
+    /// What guests may see and reach.
+    pub grants: GuestGrants,
+    /// Where compiled components are cached; `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+            http: HttpLimits::default(),
+            invocation: InvocationLimits::default(),
+            grants: GuestGrants::default(),
+            cache_dir: default_cache_dir(),
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Limits on what an HTTP client may send; over a limit the host answers
+/// 413, 414 or 431 without running the guest.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest request body in bytes (413 beyond).
+    pub max_body: u64,
+    /// Most header fields in a request (431 beyond).
+    pub max_headers: usize,
+    /// Largest header section in bytes, names plus values (431 beyond).
+    pub max_header_bytes: usize,
+    /// Longest request target in bytes (414 beyond).
+    pub max_uri_len: usize,
+    /// Time a client has to send a complete request head (the connection is
+    /// closed after it; this is what stops slow-loris clients).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            max_headers: 100,
+            max_header_bytes: 64 << 10,
+            max_uri_len: 8 << 10,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits that apply to every invocation.
+#[derive(Clone, Debug)]
+pub struct InvocationLimits {
+    /// Wall clock per invocation, response body included (504 beyond).
+    pub timeout: Duration,
+    /// Linear memory per instance in bytes (500 `memory` beyond).
+    pub max_memory: u64,
+}
+
+impl Default for InvocationLimits {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            max_memory: DEFAULT_MAX_MEMORY,
+        }
+    }
+}
+
+/// What a guest is granted. The default grants nothing.
+#[derive(Clone, Debug, Default)]
+pub struct GuestGrants {
+    /// Environment variables the guest sees (`--env K=V`).
+    pub env: Vec<(String, String)>,
+    /// Host directories preopened for the guest (`--dir HOST::GUEST`).
+    pub dirs: Vec<DirGrant>,
+    /// Origins the guest may send HTTP requests to (`--allow-outbound`).
+    pub outbound: Vec<Origin>,
+}
+
+/// A host directory the guest may use, and the path it sees it at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// The path inside the guest.
+    pub guest: String,
+}
+
+/// An HTTP origin: scheme, host and port, as in `https://api.example.com:443`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Host name or IP literal, lower-case.
+    pub host: String,
+    /// Port, with the scheme's default filled in.
+    pub port: u16,
+}
+
+impl Origin {
+    /// Whether `uri` points at this origin.
+    pub fn matches(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(&self.scheme)
+            && authority.host().eq_ignore_ascii_case(&self.host)
+            && authority.port_u16().unwrap_or(default_port) == self.port
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// The compile cache folder used when none is configured:
+/// `$XDG_CACHE_HOME/fnhost`, else `$HOME/.cache/fnhost`, else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = non_empty("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(xdg).join("fnhost"));
+    }
+    non_empty("HOME").map(|home| PathBuf::from(home).join(".cache").join("fnhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_only_their_scheme_host_and_port() {
+        let origin = parse::parse_origin("http://127.0.0.1:9000").unwrap();
+        assert!(origin.matches(&"http://127.0.0.1:9000/x?y".parse().unwrap()));
+        assert!(!origin.matches(&"http://127.0.0.1:9001/".parse().unwrap()));
+        assert!(!origin.matches(&"https://127.0.0.1:9000/".parse().unwrap()));
+        assert!(!origin.matches(&"http://localhost:9000/".parse().unwrap()));
+        let https = parse::parse_origin("https://example.com").unwrap();
+        assert!(https.matches(&"https://EXAMPLE.com/".parse().unwrap()));
+        assert!(!https.matches(&"http://example.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_default_config_grants_nothing() {
+        let config = HostConfig::default();
+        assert!(config.grants.env.is_empty());
+        assert!(config.grants.dirs.is_empty());
+        assert!(config.grants.outbound.is_empty());
+        assert_eq!(config.http.max_body, 100 << 20);
+    }
+}

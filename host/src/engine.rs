@@ -1,0 +1,131 @@
+//! The one wasmtime [`Engine`] of a host, and the epoch ticker that drives
+//! its deadlines.
+//!
+//! Every default set here is commented with its reason: this is the only place
+//! fnhost configures wasmtime.
+
+use std::thread;
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch ticker advances the engine's epoch. Guests in the async
+/// lane yield to the event loop once per tick, so this bounds how long one
+/// guest can hold a thread; deadlines are checked at the same points.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instance slots in the pooling allocator. wasmtime's default is 1000 core
+/// instances, and a `wasi:http` component built by Rust takes several (its
+/// own module plus adapter shims), which capped `wasmtime serve` at about 333
+/// requests in flight. fnhost counts component instances instead and gives
+/// each one room for its core instances.
+pub const POOL_COMPONENT_INSTANCES: u32 = 1000;
+/// Core instances a component may create; Rust `wasm32-wasip2` components
+/// need 1-4, components adapted from WASIp1 a few more.
+const POOL_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Linear memories in the pool: one per component instance is the common
+/// case; components with two memories share the slack.
+const POOL_MEMORIES: u32 = 2 * POOL_COMPONENT_INSTANCES;
+/// Bytes of each memory slot kept resident (zeroed in place with `memset`
+/// rather than returned with `madvise`) when an instance is released. Most
+/// handlers touch less than this, so a fresh instance per request reuses
+/// warm pages instead of faulting them in again.
+const POOL_MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+/// Same idea for tables and async stacks.
+const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
+/// Which instance allocator the engine ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// Pre-reserved slots: fast instantiation, bounded concurrency.
+    Pooling,
+    /// `mmap` per instance: slower, works where address space is scarce.
+    OnDemand,
+}
+
+impl std::fmt::Display for AllocatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pooling => "pooling",
+            Self::OnDemand => "on-demand",
+        })
+    }
+}
+
+/// Engine settings that come from the host configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Linear memory per instance in bytes; also the pool's slot size.
+    pub max_memory: u64,
+    /// Try the pooling allocator first (falls back if it cannot reserve).
+    pub pooling: bool,
+}
+
+/// Builds the engine, probing for the pooling allocator first.
+///
+/// The pooling allocator reserves address space for every slot up front
+/// (about 42 bits with these sizes); machines with a small `vm.max_map_count`
+/// or an address-space `ulimit` refuse it. Then the engine falls back to
+/// on-demand allocation and says so, instead of failing to start (Spin #2343).
+pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, AllocatorKind)> {
+    if settings.pooling {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+            settings.max_memory,
+        )));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+            Err(error) => tracing::warn!(
+                "pooling allocator unavailable ({error}); falling back to on-demand allocation"
+            ),
+        }
+    }
+    let engine = Engine::new(&base_config())
+        .map_err(|e| anyhow::anyhow!("cannot configure the wasmtime engine: {e}"))?;
+    Ok((engine, AllocatorKind::OnDemand))
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    // Deadlines and cooperative yields come from epochs: a counter check at
+    // loop heads and function entries, about half the cost of fuel.
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    // Guest stack: 1 MiB, wasmtime's default is 512 KiB. Recursive parsers
+    // in guests (serde_json on deep input) need the room; the async stack
+    // below must exceed it.
+    config.max_wasm_stack(1 << 20);
+    config.async_stack_size(2 << 20);
+    config
+}
+
+fn pooling_config(max_memory: u64) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+        .total_core_instances(POOL_COMPONENT_INSTANCES * POOL_CORE_INSTANCES_PER_COMPONENT)
+        .max_core_instances_per_component(POOL_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(POOL_MEMORIES)
+        .total_tables(POOL_MEMORIES)
+        .total_stacks(POOL_COMPONENT_INSTANCES)
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT)
+        .async_stack_keep_resident(POOL_TABLE_KEEP_RESIDENT);
+    pool
+}
+
+/// Starts the engine's epoch ticker: one thread per engine, never one per
+/// request (a per-request ticker costs 100-1000x, wasmtime #11814). The thread
+/// holds only a weak reference and exits once the engine is dropped.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    thread::Builder::new()
+        .name("fnhost-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

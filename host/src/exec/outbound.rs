@@ -1,0 +1,98 @@
+//! Outbound HTTP from guests: denied unless the request's origin is in
+//! `--allow-outbound`, with every timeout capped.
+//!
+//! wasmtime-wasi-http's default sender accepts any destination and lets a
+//! guest ask for 600 s timeouts; these hooks sit in front of it.
+
+use crate::config::Origin;
+use crate::invocation::InvocationId;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Longest a guest may wait for an outbound connection.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The [`WasiHttpHooks`] of one invocation.
+pub struct OutboundPolicy {
+    id: InvocationId,
+    allowed: Arc<[Origin]>,
+    /// First-byte and between-bytes timeouts are capped at the invocation's
+    /// own timeout: waiting longer could never produce a response.
+    max_wait: Duration,
+}
+
+impl OutboundPolicy {
+    /// A policy for invocation `id` allowing `allowed` origins.
+    pub fn new(id: InvocationId, allowed: Arc<[Origin]>, max_wait: Duration) -> Self {
+        Self {
+            id,
+            allowed,
+            max_wait,
+        }
+    }
+
+    fn capped(&self, options: Option<RequestOptions>) -> RequestOptions {
+        let options = options.unwrap_or_default();
+        let cap = |asked: Option<Duration>, limit: Duration| Some(asked.unwrap_or(limit).min(limit));
+        RequestOptions {
+            connect_timeout: cap(options.connect_timeout, MAX_CONNECT_TIMEOUT),
+            first_byte_timeout: cap(options.first_byte_timeout, self.max_wait),
+            between_bytes_timeout: cap(options.between_bytes_timeout, self.max_wait),
+        }
+    }
+}
+
+type ResponseFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: ResponseFuture,
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), Error>> + Send,
+    > {
+        drop(fut);
+        let uri = request.uri();
+        if !self.allowed.iter().any(|origin| origin.matches(uri)) {
+            tracing::warn!(
+                "[{}] outbound request to {}://{} denied: not in --allow-outbound",
+                self.id,
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map(|a| a.as_str()).unwrap_or("?"),
+            );
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let options = self.capped(options);
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as ResponseFuture,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_timeouts_are_capped() {
+        let policy = OutboundPolicy::new(InvocationId::next(), Arc::from([]), Duration::from_secs(30));
+        let asked = RequestOptions {
+            connect_timeout: Some(Duration::from_secs(600)),
+            first_byte_timeout: Some(Duration::from_secs(600)),
+            between_bytes_timeout: Some(Duration::from_secs(1)),
+        };
+        let capped = policy.capped(Some(asked));
+        assert_eq!(capped.connect_timeout, Some(MAX_CONNECT_TIMEOUT));
+        assert_eq!(capped.first_byte_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(capped.between_bytes_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(policy.capped(None).first_byte_timeout, Some(Duration::from_secs(30)));
+    }
+}

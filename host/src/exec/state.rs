@@ -1,0 +1,120 @@
+//! What one store holds: the guest's WASI view of the world (empty unless
+//! granted), the HTTP context with the outbound policy, and the memory limiter.
+
+use super::guest_output::{GuestOutput, HostStream};
+use super::outbound::OutboundPolicy;
+use crate::config::GuestGrants;
+use crate::invocation::InvocationId;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Most table elements an instance may grow to; Rust guests use a few hundred.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The `T` of every `Store<T>` fnhost creates.
+pub struct StoreState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    /// Enforces `--max-memory` and remembers whether the guest hit it.
+    pub limiter: MemoryLimiter,
+}
+
+impl StoreState {
+    /// The state for invocation `id`, granting exactly `grants`.
+    pub fn new(
+        id: InvocationId,
+        grants: &GuestGrants,
+        allowed_outbound: Arc<[crate::config::Origin]>,
+        max_memory: u64,
+        timeout: Duration,
+    ) -> wasmtime::Result<Self> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::new(id, HostStream::Stdout))
+            .stderr(GuestOutput::new(id, HostStream::Stderr))
+            .envs(&grants.env)
+            // Sockets and name lookups stay off: outbound HTTP goes through
+            // wasi:http and its allow-list, nothing else leaves the sandbox.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for dir in &grants.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
+        }
+        Ok(Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: OutboundPolicy::new(id, allowed_outbound, timeout),
+            limiter: MemoryLimiter::new(max_memory),
+        })
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Refuses memory growth past the limit and records that it did, so a
+/// guest that then aborts is reported as `memory`, not as a plain trap.
+pub struct MemoryLimiter {
+    max_memory: u64,
+    exceeded: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max_memory: u64) -> Self {
+        Self {
+            max_memory,
+            exceeded: false,
+        }
+    }
+
+    /// Whether the guest asked for more memory than it may have.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired as u64 <= self.max_memory;
+        if !allowed {
+            self.exceeded = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

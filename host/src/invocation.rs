@@ -1,0 +1,179 @@
+//! The shared vocabulary between triggers and executors.
+//!
+//! A trigger (HTTP today) turns an event into an [`HttpInvocation`] and hands it
+//! to a [`Dispatch`]. The dispatch runs the guest somewhere (in this process,
+//! or later in a worker process) and answers with a response or an
+//! [`InvocationError`] whose [`FailureKind`] decides the status code and the
+//! `fnhost-error` header. Triggers never see wasmtime.
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A streaming HTTP body as it travels between a trigger and a dispatch.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a body stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent more than the configured `--max-body` bytes.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The connection or the guest failed while the body was streaming.
+    #[error("body stream failed: {0}")]
+    Transport(String),
+}
+
+/// Identifies one invocation in responses (`fnhost-invocation-id`) and logs.
+///
+/// Ids are 16 hex digits: a per-process prefix taken from the clock and the pid,
+/// then a counter, so they are unique within a host and unlikely to collide
+/// across hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InvocationId(u64);
+
+impl InvocationId {
+    /// Allocates the next id of this process.
+    pub fn next() -> Self {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            (nanos ^ (u64::from(std::process::id()) << 16)) << 32
+        });
+        Self(prefix ^ COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// One HTTP request on its way to a guest.
+pub struct HttpInvocation {
+    /// The id the response and the log lines carry.
+    pub id: InvocationId,
+    /// The request as the client sent it, body still streaming.
+    pub request: http::Request<Body>,
+}
+
+/// The classes of failure a client can see, each with its status code and
+/// `fnhost-error` value (see DESIGN.md, "Contracts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (a panic, `unreachable`, a host error it caused). 500.
+    Trap,
+    /// The invocation ran past its wall-clock deadline or CPU budget. 504.
+    Timeout,
+    /// The guest tried to grow its memory past `--max-memory`. 500.
+    Memory,
+    /// No capacity to start the invocation (instance pool exhausted). 503.
+    Capacity,
+    /// The process running the invocation went away. 502.
+    WorkerLost,
+}
+
+impl FailureKind {
+    /// The value of the `fnhost-error` response header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Capacity => "capacity",
+            Self::WorkerLost => "worker-lost",
+        }
+    }
+
+    /// The HTTP status a client receives for this failure.
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Self::Trap | Self::Memory => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Capacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WorkerLost => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An invocation that produced no response.
+///
+/// `detail` is for the operator's log (the trap message, say); it never goes
+/// into a response body, which must not leak guest backtraces or host paths.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct InvocationError {
+    /// What class of failure this was.
+    pub kind: FailureKind,
+    /// A one-line description for the log.
+    pub detail: String,
+}
+
+impl InvocationError {
+    /// Builds an error of `kind` with a log `detail`.
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a dispatch future resolves to.
+pub type DispatchResult = Result<http::Response<Body>, InvocationError>;
+
+/// Runs invocations. Triggers hold an `Arc<dyn Dispatch>` and know nothing else
+/// about where or how the guest runs.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Runs one HTTP invocation and resolves once the response head is ready;
+    /// the response body may keep streaming from the guest after that.
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocation_ids_are_distinct_and_sixteen_hex_digits() {
+        let a = InvocationId::next();
+        let b = InvocationId::next();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 16);
+        assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn failure_kinds_map_to_the_documented_statuses() {
+        assert_eq!(FailureKind::Trap.status(), 500);
+        assert_eq!(FailureKind::Memory.status(), 500);
+        assert_eq!(FailureKind::Timeout.status(), 504);
+        assert_eq!(FailureKind::Capacity.status(), 503);
+        assert_eq!(FailureKind::WorkerLost.status(), 502);
+        assert_eq!(FailureKind::WorkerLost.as_str(), "worker-lost");
+    }
+}

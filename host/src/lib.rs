@@ -1,0 +1,201 @@
+//! # fnhost
+//!
+//! A WebAssembly-sandboxed function host. It serves components that export
+//! `wasi:http/incoming-handler@0.2.x`, each request on a fresh, isolated
+//! instance, with nothing granted to the guest unless the host says so.
+//!
+//! This library is the product; the `fnhost` binary is a thin shell over it.
+//! An edge platform embeds a host in a few lines:
+//!
+//! ```no_run
+//! use fnhost::{Host, HostConfig};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let host = Host::builder(HostConfig::default())
+//!     .component("app.wasm")
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! println!("serving on http://{}", listener.local_addr()?);
+//! // Serve until the future resolves (here: never), then drain.
+//! host.serve(listener, std::future::pending()).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To run invocations without the HTTP server (say, from your own trigger),
+//! take [`Host::dispatch`] and call [`Dispatch::dispatch_http`].
+
+pub mod cache;
+pub mod component;
+pub mod config;
+pub mod engine;
+pub mod exec;
+pub mod invocation;
+pub mod triggers;
+
+pub use config::HostConfig;
+pub use invocation::{Dispatch, FailureKind, HttpInvocation, InvocationError, InvocationId};
+
+use cache::CompileCache;
+use component::{HandlerKind, LoadError};
+use engine::{AllocatorKind, EngineSettings};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use triggers::http::HttpTrigger;
+
+/// Why a host could not be built. Each message is one line naming the thing
+/// at fault and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No component was given to the builder.
+    #[error("no component given")]
+    NoComponent,
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The wasmtime engine could not be configured.
+    #[error("{0}")]
+    Engine(String),
+    /// A `--dir` grant names something that is not a readable directory.
+    #[error("--dir {path}: {reason}")]
+    Dir {
+        /// The host path of the grant.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Builds a [`Host`]: settings plus a component.
+pub struct HostBuilder {
+    config: HostConfig,
+    component: Option<PathBuf>,
+    pooling: bool,
+}
+
+impl HostBuilder {
+    /// The component file to serve.
+    pub fn component(mut self, path: impl Into<PathBuf>) -> Self {
+        self.component = Some(path.into());
+        self
+    }
+
+    /// Whether to try the pooling allocator (default: yes, with a fallback
+    /// to on-demand allocation when it cannot reserve its address space).
+    pub fn pooling(mut self, enabled: bool) -> Self {
+        self.pooling = enabled;
+        self
+    }
+
+    /// Creates the engine, loads and links the component. This compiles the
+    /// component unless the compile cache has it, so it can take seconds:
+    /// call it before serving, not on a request path.
+    pub fn build(self) -> Result<Host, HostError> {
+        let path = self.component.ok_or(HostError::NoComponent)?;
+        for grant in &self.config.grants.dirs {
+            if !grant.host.is_dir() {
+                return Err(HostError::Dir {
+                    path: grant.host.clone(),
+                    reason: "not a directory".to_string(),
+                });
+            }
+        }
+        let (engine, allocator) = engine::build_engine(&EngineSettings {
+            max_memory: self.config.invocation.max_memory,
+            pooling: self.pooling,
+        })
+        .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        engine::start_epoch_ticker(&engine);
+        let cache = self
+            .config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| match CompileCache::open(dir) {
+                Ok(cache) => Some(cache),
+                Err(error) => {
+                    tracing::warn!(
+                        "compile cache disabled: cannot open {}: {error}",
+                        dir.display()
+                    );
+                    None
+                }
+            });
+        let loaded = component::load(&engine, &path, cache.as_ref())?;
+        let executor = exec::Executor::new(
+            &engine,
+            &loaded,
+            self.config.invocation.clone(),
+            self.config.grants.clone(),
+        )?;
+        Ok(Host {
+            summary: LoadSummary {
+                path,
+                handler: loaded.handler,
+                allocator,
+                from_cache: loaded.from_cache,
+                load_time: loaded.load_time,
+            },
+            dispatch: Arc::new(executor),
+            config: self.config,
+        })
+    }
+}
+
+/// What happened while a host was built, for its start-up log line.
+#[derive(Clone, Debug)]
+pub struct LoadSummary {
+    /// The component file.
+    pub path: PathBuf,
+    /// The handler being served.
+    pub handler: HandlerKind,
+    /// The instance allocator in use.
+    pub allocator: AllocatorKind,
+    /// Whether compiled code came from the compile cache.
+    pub from_cache: bool,
+    /// Time to read and compile (or load from cache).
+    pub load_time: std::time::Duration,
+}
+
+/// A loaded component, ready to serve.
+pub struct Host {
+    config: HostConfig,
+    dispatch: Arc<dyn Dispatch>,
+    summary: LoadSummary,
+}
+
+impl Host {
+    /// Starts building a host with `config`.
+    pub fn builder(config: HostConfig) -> HostBuilder {
+        HostBuilder {
+            config,
+            component: None,
+            pooling: true,
+        }
+    }
+
+    /// The settings this host runs with.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// What was loaded and how.
+    pub fn summary(&self) -> &LoadSummary {
+        &self.summary
+    }
+
+    /// The dispatch that runs invocations, for embedders with their own triggers.
+    pub fn dispatch(&self) -> Arc<dyn Dispatch> {
+        self.dispatch.clone()
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves, then drains for
+    /// up to the configured grace period. Returns whether the drain finished
+    /// in time.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
+        HttpTrigger::new(self.dispatch.clone(), self.config.http.clone())
+            .serve(listener, shutdown, self.config.grace)
+            .await
+    }
+}

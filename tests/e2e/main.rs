@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `fnhost` binary on an ephemeral loopback port,
+//! real example guests built for wasm32-wasip2, a real HTTP client.
+
+mod support;
+
+mod cache;
+mod check;
+mod limits;
+mod outbound;
+mod serve;
+mod shutdown;
+mod start_errors;

@@ -1,0 +1,240 @@
+//! Test support: build the example guests once, start the real `fnhost`
+//! binary on an ephemeral loopback port, read its log, stop it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a host may take to start (a cold compile in a debug build).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the `fnhost` binary under test.
+pub fn fnhost_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fnhost")
+}
+
+/// Builds the example guests (once per test run) and returns the path of
+/// `name`.wasm.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let out = BUILT.get_or_init(|| {
+        let examples = repo_root().join("examples");
+        let target_dir = examples.join("target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(examples.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("running cargo to build the examples");
+        assert!(status.success(), "building the example guests failed");
+        target_dir.join("wasm32-wasip2").join("release")
+    });
+    let path = out.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A compile cache shared by the tests that do not test the cache itself.
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-compile-cache")
+}
+
+/// A running `fnhost serve`.
+pub struct Server {
+    child: Child,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Serves `wasm` with extra `args`, using the shared compile cache.
+    pub fn start(wasm: &Path, args: &[&str]) -> Server {
+        let cache = shared_cache_dir();
+        let mut full: Vec<String> = vec!["--cache-dir".into(), cache.display().to_string()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        Self::start_with(wasm, &full)
+    }
+
+    /// Serves `wasm` with exactly `args` (plus `--listen 127.0.0.1:0`).
+    pub fn start_with(wasm: &Path, args: &[String]) -> Server {
+        let mut child = Command::new(fnhost_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg(wasm)
+            .env("RUST_LOG", "fnhost=info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning fnhost");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx));
+        collect_lines(child.stdout.take().unwrap(), log.clone(), None);
+        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "fnhost did not report a listening address; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the host printed so far (stderr and stdout, by line).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until some log line contains `needle`, or panics after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line contains {needle:?}; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc`'s SIGTERM number) to the host process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the host to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for fnhost") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "fnhost did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+    addr_tx: Option<mpsc::Sender<SocketAddr>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &addr_tx {
+                if let Some(addr) = line
+                    .split("on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|addr| addr.parse().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+            }
+            log.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// Runs `fnhost ARGS` to completion; returns (exit code, stdout, stderr).
+pub fn run_fnhost(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(fnhost_bin())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("running fnhost");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A blocking HTTP client with a timeout, no proxies, no redirects.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// Asserts `response` has a well-formed `fnhost-invocation-id` and returns it.
+pub fn invocation_id(response: &reqwest::blocking::Response) -> String {
+    let id = response
+        .headers()
+        .get("fnhost-invocation-id")
+        .expect("every response carries fnhost-invocation-id")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 16, "invocation id {id:?}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    id
+}
+
+/// Writes `bytes` to a fresh file under the test temp folder.
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A fresh, empty folder under the test temp folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
