@@ -11,7 +11,9 @@ use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 const READ_CHUNK: u64 = 64 * 1024;
 
 pub(crate) fn read_incoming_request(incoming: IncomingRequest) -> Result<Request, String> {
-    let path = incoming.path_with_query().unwrap_or_else(|| "/".to_string());
+    let path = incoming
+        .path_with_query()
+        .unwrap_or_else(|| "/".to_string());
     let uri = match (incoming.scheme(), incoming.authority()) {
         (Some(scheme), Some(authority)) => format!("{}://{authority}{path}", scheme_str(&scheme)),
         _ => path,
@@ -26,7 +28,9 @@ pub(crate) fn read_incoming_request(incoming: IncomingRequest) -> Result<Request
         Ok(body) => read_body(body)?,
         Err(()) => Vec::new(),
     };
-    builder.body(body).map_err(|e| format!("malformed request: {e}"))
+    builder
+        .body(body)
+        .map_err(|e| format!("malformed request: {e}"))
 }
 
 pub(crate) fn read_body(body: IncomingBody) -> Result<Vec<u8>, String> {
@@ -46,7 +50,10 @@ fn read_stream(stream: &InputStream) -> Result<Vec<u8>, String> {
             Ok(chunk) => bytes.extend_from_slice(&chunk),
             Err(StreamError::Closed) => return Ok(bytes),
             Err(StreamError::LastOperationFailed(error)) => {
-                return Err(format!("reading the body failed: {}", error.to_debug_string()));
+                return Err(format!(
+                    "reading the body failed: {}",
+                    error.to_debug_string()
+                ));
             }
         }
     }

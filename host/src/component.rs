@@ -134,26 +134,31 @@ pub fn load(
     let component = match cached {
         Some(component) => component,
         None => {
-            let component =
-                Component::new(engine, &bytes).map_err(|e| LoadError::Invalid {
-                    path: owned(),
-                    reason: one_line(&e),
-                })?;
-            if let Some(cache) = cache {
-                if let Err(error) = cache.store(&key, &component) {
-                    tracing::warn!(
-                        "cannot write the compile cache in {}: {error:#}",
-                        cache.path().display()
-                    );
-                }
+            let component = Component::new(engine, &bytes).map_err(|e| LoadError::Invalid {
+                path: owned(),
+                reason: one_line(&e),
+            })?;
+            if let Some(cache) = cache
+                && let Err(error) = cache.store(&key, &component)
+            {
+                tracing::warn!(
+                    "cannot write the compile cache in {}: {error:#}",
+                    cache.path().display()
+                );
             }
             component
         }
     };
 
     let ty = component.component_type();
-    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let handler = exports
         .iter()
         .find(|name| name.starts_with(HTTP_HANDLER_P2))
@@ -223,6 +228,9 @@ mod tests {
 
     #[test]
     fn one_line_joins_a_multi_line_message() {
-        assert_eq!(one_line(&"first\n  second\n\nthird"), "first; second; third");
+        assert_eq!(
+            one_line(&"first\n  second\n\nthird"),
+            "first; second; third"
+        );
     }
 }

@@ -11,8 +11,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A streaming HTTP body as it travels between a trigger and a dispatch.

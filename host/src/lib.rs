@@ -108,20 +108,20 @@ impl HostBuilder {
         })
         .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         engine::start_epoch_ticker(&engine);
-        let cache = self
-            .config
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| match CompileCache::open(dir) {
-                Ok(cache) => Some(cache),
-                Err(error) => {
-                    tracing::warn!(
-                        "compile cache disabled: cannot open {}: {error}",
-                        dir.display()
-                    );
-                    None
-                }
-            });
+        let cache =
+            self.config
+                .cache_dir
+                .as_deref()
+                .and_then(|dir| match CompileCache::open(dir) {
+                    Ok(cache) => Some(cache),
+                    Err(error) => {
+                        tracing::warn!(
+                            "compile cache disabled: cannot open {}: {error}",
+                            dir.display()
+                        );
+                        None
+                    }
+                });
         let loaded = component::load(&engine, &path, cache.as_ref())?;
         let executor = exec::Executor::new(
             &engine,

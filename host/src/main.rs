@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("fnhost: error: {}", fnhost::component::one_line(&format!("{error:#}")));
+            eprintln!(
+                "fnhost: error: {}",
+                fnhost::component::one_line(&format!("{error:#}"))
+            );
             ExitCode::from(2)
         }
     }

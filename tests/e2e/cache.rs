@@ -24,6 +24,9 @@ fn a_second_start_hits_the_cache_and_no_cache_bypasses_it() {
     let mut bypass = with_cache.clone();
     bypass.push("--no-cache".to_string());
     let third = start_and_read_load_line(&bypass);
-    assert!(third.contains("compiled") && !third.contains("cache hit"), "{third}");
+    assert!(
+        third.contains("compiled") && !third.contains("cache hit"),
+        "{third}"
+    );
     assert_eq!(entries(), 1);
 }

@@ -7,9 +7,18 @@ fn check_lists_imports_exports_and_the_trigger() {
     let wasm = example("hello");
     let (code, stdout, stderr) = run_fnhost(&["check", wasm.to_str().unwrap()]);
     assert_eq!(code, 0, "stderr: {stderr}");
-    assert!(stdout.contains("trigger:   http (WASIp2, wasi:http/incoming-handler@0.2"), "{stdout}");
-    assert!(stdout.contains("wasi:http/types@0.2"), "imports listed: {stdout}");
-    assert!(stdout.contains("exports:\n  wasi:http/incoming-handler@0.2"), "{stdout}");
+    assert!(
+        stdout.contains("trigger:   http (WASIp2, wasi:http/incoming-handler@0.2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("wasi:http/types@0.2"),
+        "imports listed: {stdout}"
+    );
+    assert!(
+        stdout.contains("exports:\n  wasi:http/incoming-handler@0.2"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 /// Sends a raw request and returns the status line (or "" if the connection closed).
 fn raw_status(server: &Server, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
@@ -19,7 +21,11 @@ fn raw_status(server: &Server, request: &[u8]) -> String {
             Ok(n) => response.extend_from_slice(&buf[..n]),
         }
     }
-    String::from_utf8_lossy(&response).lines().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
@@ -64,17 +70,29 @@ fn an_oversized_body_gets_413_declared_or_chunked() {
     let server = Server::start(&example("echo"), &["--max-body", "1KiB"]);
     let http = client();
 
-    let declared = http.post(server.url("/")).body(vec![7u8; 2048]).send().unwrap();
+    let declared = http
+        .post(server.url("/"))
+        .body(vec![7u8; 2048])
+        .send()
+        .unwrap();
     assert_eq!(declared.status(), 413);
     invocation_id(&declared);
 
     // No Content-Length: the limit trips while the guest reads the stream.
     let chunked_body = reqwest::blocking::Body::new(std::io::Cursor::new(vec![7u8; 4096]));
-    let chunked = http.post(server.url("/")).body(chunked_body).send().unwrap();
+    let chunked = http
+        .post(server.url("/"))
+        .body(chunked_body)
+        .send()
+        .unwrap();
     assert_eq!(chunked.status(), 413);
     invocation_id(&chunked);
 
-    let small = http.post(server.url("/")).body(vec![7u8; 1024]).send().unwrap();
+    let small = http
+        .post(server.url("/"))
+        .body(vec![7u8; 1024])
+        .send()
+        .unwrap();
     assert_eq!(small.status(), 200);
 }
 
@@ -83,7 +101,9 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let server = Server::start(&example("hello"), &["--header-timeout", "1s"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: local").unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     // hyper answers 408 or simply closes; either way the read ends.

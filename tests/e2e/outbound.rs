@@ -49,7 +49,11 @@ fn outbound_requests_are_denied_by_default() {
     assert_eq!(response.status(), 502);
     let body = response.text().unwrap();
     assert!(body.contains("denied by the host"), "{body}");
-    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
     server.wait_for_log("denied: not in --allow-outbound", Duration::from_secs(5));
 }
 
@@ -61,12 +65,18 @@ fn an_allowed_origin_is_reached_and_others_are_not() {
     let server = Server::start(&example("fetch"), &["--allow-outbound", &origin]);
     let http = client();
 
-    let response = http.get(server.url(&format!("/?url=http://{allowed}/x"))).send().unwrap();
+    let response = http
+        .get(server.url(&format!("/?url=http://{allowed}/x")))
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().unwrap(), "upstream says hi");
     assert_eq!(allowed_hits.load(Ordering::SeqCst), 1);
 
-    let denied = http.get(server.url(&format!("/?url=http://{other}/"))).send().unwrap();
+    let denied = http
+        .get(server.url(&format!("/?url=http://{other}/")))
+        .send()
+        .unwrap();
     assert_eq!(denied.status(), 502);
     assert_eq!(other_hits.load(Ordering::SeqCst), 0);
 }

@@ -16,8 +16,13 @@ fn hello_answers_with_an_invocation_id() {
 #[test]
 fn echo_reports_method_path_query_headers_and_a_1mib_body() {
     let server = Server::start(&example("echo"), &[]);
-    let body: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let expected_sha: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let body: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let expected_sha: String = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let response = client()
         .put(server.url("/some/path?x=1&y=two"))
         .header("x-test", "value-42")
@@ -43,7 +48,10 @@ fn two_hundred_concurrent_requests_are_all_answered() {
             let url = url.clone();
             std::thread::spawn(move || {
                 let response = client().get(&url).send().expect("request failed");
-                (response.status().as_u16(), response.text().unwrap_or_default())
+                (
+                    response.status().as_u16(),
+                    response.text().unwrap_or_default(),
+                )
             })
         })
         .collect();
@@ -68,7 +76,10 @@ fn a_trap_answers_500_is_logged_with_its_id_and_the_host_keeps_serving() {
         assert!(!body.contains(leak), "body leaks {leak:?}: {body:?}");
     }
     // The panic message the guest printed, and the failure, both carry the id.
-    server.wait_for_log(&format!("[{id}] invocation failed: trap"), Duration::from_secs(5));
+    server.wait_for_log(
+        &format!("[{id}] invocation failed: trap"),
+        Duration::from_secs(5),
+    );
     let panic_line = server.wait_for_log("panics on purpose", Duration::from_secs(5));
     assert!(panic_line.starts_with(&format!("[{id}]")), "{panic_line}");
 

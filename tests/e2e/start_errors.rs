@@ -19,7 +19,10 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn random_bytes_are_not_webassembly() {
-    let path = temp_file("random.wasm", b"\x7fELF this is certainly not wasm \x00\x01\x02");
+    let path = temp_file(
+        "random.wasm",
+        b"\x7fELF this is certainly not wasm \x00\x01\x02",
+    );
     assert_start_error(path.to_str().unwrap(), "not a WebAssembly file");
 }
 
@@ -27,7 +30,10 @@ fn random_bytes_are_not_webassembly() {
 fn a_core_module_is_not_a_component() {
     // The smallest valid core module: magic and version 1.
     let path = temp_file("core.wasm", b"\0asm\x01\0\0\0");
-    assert_start_error(path.to_str().unwrap(), "core WebAssembly module, not a component");
+    assert_start_error(
+        path.to_str().unwrap(),
+        "core WebAssembly module, not a component",
+    );
 }
 
 #[test]

@@ -34,7 +34,13 @@ pub fn example(name: &str) -> PathBuf {
         let target_dir = examples.join("target");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(examples.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -147,7 +153,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("waiting for fnhost") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "fnhost did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "fnhost did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -168,15 +177,13 @@ fn collect_lines(
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if let Some(tx) = &addr_tx {
-                if let Some(addr) = line
-                    .split("on http://")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|addr| addr.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
+            let reported = line
+                .split("on http://")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse::<SocketAddr>().ok());
+            if let (Some(tx), Some(addr)) = (&addr_tx, reported) {
+                let _ = tx.send(addr);
             }
             log.lock().unwrap().push(line);
         }

@@ -18,7 +18,9 @@ fn fetch(request: Request) -> impl IntoResponse {
     };
     let upstream = match http::Request::get(url).body(Vec::new()) {
         Ok(upstream) => upstream,
-        Err(error) => return (StatusCode::BAD_REQUEST, format!("bad url: {error}\n")).into_response(),
+        Err(error) => {
+            return (StatusCode::BAD_REQUEST, format!("bad url: {error}\n")).into_response();
+        }
     };
     match outbound::send(upstream) {
         Ok(response) => (response.status(), response.into_body()).into_response(),

@@ -2,11 +2,13 @@
 
 use anyhow::Context;
 use clap::Args;
-use fnhost::config::parse::{parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size};
+use fnhost::Host;
+use fnhost::config::parse::{
+    parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
+};
 use fnhost::config::{
     DEFAULT_LISTEN, DirGrant, GuestGrants, HostConfig, HttpLimits, InvocationLimits, Origin,
 };
-use fnhost::Host;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,14 +98,20 @@ impl ServeCommand {
     /// Loads the component, binds, serves until a signal, drains.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let config = self.config();
-        let host = Host::builder(config.clone()).component(&self.component).build()?;
+        let host = Host::builder(config.clone())
+            .component(&self.component)
+            .build()?;
         let summary = host.summary();
         tracing::info!(
             "loaded {} in {} ms ({}; {}; {} allocator)",
             summary.path.display(),
             summary.load_time.as_millis(),
             summary.handler.describe(),
-            if summary.from_cache { "compile cache hit" } else { "compiled" },
+            if summary.from_cache {
+                "compile cache hit"
+            } else {
+                "compiled"
+            },
             summary.allocator,
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()

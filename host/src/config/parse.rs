@@ -76,7 +76,9 @@ pub fn parse_origin(text: &str) -> Result<Origin, String> {
         .authority()
         .ok_or_else(|| format!("`{text}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{text}`: credentials are not allowed in an origin"));
+        return Err(format!(
+            "`{text}`: credentials are not allowed in an origin"
+        ));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
@@ -150,7 +152,11 @@ mod tests {
         );
         assert_eq!(parse_origin("http://127.0.0.1:9000/").unwrap().port, 9000);
         assert!(parse_origin("ftp://x").unwrap_err().contains("scheme"));
-        assert!(parse_origin("http://x/a/b").unwrap_err().contains("no path"));
+        assert!(
+            parse_origin("http://x/a/b")
+                .unwrap_err()
+                .contains("no path")
+        );
         assert!(parse_origin("example.com").is_err());
     }
 

@@ -14,8 +14,7 @@ mod state;
 use crate::component::{LoadError, LoadedComponent, one_line};
 use crate::config::{GuestGrants, InvocationLimits, Origin};
 use crate::invocation::{
-    BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError,
-    InvocationId,
+    BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
 };
 use http_body_util::BodyExt;
 use state::StoreState;
@@ -146,14 +145,14 @@ impl ExecutorInner {
                     format!("ran past its {} ms timeout", timeout.as_millis()),
                 )),
             };
-            if let Err(error) = &outcome {
-                if responded.load(Ordering::Acquire) {
-                    tracing::warn!(
-                        "[{id}] invocation failed after its response started: {}: {}",
-                        error.kind,
-                        error.detail
-                    );
-                }
+            if let Err(error) = &outcome
+                && responded.load(Ordering::Acquire)
+            {
+                tracing::warn!(
+                    "[{id}] invocation failed after its response started: {}: {}",
+                    error.kind,
+                    error.detail
+                );
             }
             outcome
         });
@@ -165,7 +164,10 @@ impl ExecutorInner {
             })),
             Ok(Err(code)) => Err(InvocationError::new(
                 FailureKind::Trap,
-                format!("the guest answered with error code {}", describe_code(&code)),
+                format!(
+                    "the guest answered with error code {}",
+                    describe_code(&code)
+                ),
             )),
             Err(_) => match guest.await {
                 Ok(Ok(())) => Err(InvocationError::new(
@@ -196,7 +198,9 @@ fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> InvocationError {
 
 fn body_error_to_wasi(error: BodyError) -> wasmtime_wasi_http::Error {
     match error {
-        BodyError::TooLarge { limit } => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
+        BodyError::TooLarge { limit } => {
+            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+        }
         BodyError::Transport(reason) => wasmtime_wasi_http::Error::InternalError(Some(reason)),
     }
 }
@@ -204,4 +208,3 @@ fn body_error_to_wasi(error: BodyError) -> wasmtime_wasi_http::Error {
 fn describe_code(code: &ErrorCode) -> String {
     format!("{code:?}")
 }
-

@@ -35,7 +35,8 @@ impl OutboundPolicy {
 
     fn capped(&self, options: Option<RequestOptions>) -> RequestOptions {
         let options = options.unwrap_or_default();
-        let cap = |asked: Option<Duration>, limit: Duration| Some(asked.unwrap_or(limit).min(limit));
+        let cap =
+            |asked: Option<Duration>, limit: Duration| Some(asked.unwrap_or(limit).min(limit));
         RequestOptions {
             connect_timeout: cap(options.connect_timeout, MAX_CONNECT_TIMEOUT),
             first_byte_timeout: cap(options.first_byte_timeout, self.max_wait),
@@ -52,9 +53,8 @@ impl WasiHttpHooks for OutboundPolicy {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: ResponseFuture,
-    ) -> Box<
-        dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), Error>> + Send,
-    > {
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), Error>> + Send>
+    {
         drop(fut);
         let uri = request.uri();
         if !self.allowed.iter().any(|origin| origin.matches(uri)) {
@@ -68,7 +68,8 @@ impl WasiHttpHooks for OutboundPolicy {
         }
         let options = self.capped(options);
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as ResponseFuture,
@@ -83,7 +84,8 @@ mod tests {
 
     #[test]
     fn guest_timeouts_are_capped() {
-        let policy = OutboundPolicy::new(InvocationId::next(), Arc::from([]), Duration::from_secs(30));
+        let policy =
+            OutboundPolicy::new(InvocationId::next(), Arc::from([]), Duration::from_secs(30));
         let asked = RequestOptions {
             connect_timeout: Some(Duration::from_secs(600)),
             first_byte_timeout: Some(Duration::from_secs(600)),
@@ -93,6 +95,9 @@ mod tests {
         assert_eq!(capped.connect_timeout, Some(MAX_CONNECT_TIMEOUT));
         assert_eq!(capped.first_byte_timeout, Some(Duration::from_secs(30)));
         assert_eq!(capped.between_bytes_timeout, Some(Duration::from_secs(1)));
-        assert_eq!(policy.capped(None).first_byte_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            policy.capped(None).first_byte_timeout,
+            Some(Duration::from_secs(30))
+        );
     }
 }

@@ -292,7 +292,9 @@ mod tests {
     use super::*;
 
     fn request(uri: &str) -> http::request::Builder {
-        Request::builder().uri(uri).header(header::HOST, "localhost")
+        Request::builder()
+            .uri(uri)
+            .header(header::HOST, "localhost")
     }
 
     #[test]
