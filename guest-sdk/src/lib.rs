@@ -151,3 +151,28 @@ pub mod __private {
         crate::wire::write_response(response_out, response);
     }
 }
+
+/// Waits `duration` on a host timer (`wasi:clocks/monotonic-clock`).
+///
+/// The guest blocks, but the host does not: fnhost parks the invocation on
+/// its event loop until the timer fires, so thousands of sleeping guests
+/// cost no threads.
+pub fn sleep(duration: std::time::Duration) {
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();
+}
+
+/// Nanoseconds on the host's monotonic clock, for measuring elapsed time.
+pub fn monotonic_now() -> u64 {
+    wasip2::clocks::monotonic_clock::now()
+}
+
+/// The value of `name` in the request's query string, if present
+/// (`?ms=50&x=1` → `query_param(&request, "ms") == Some("50")`).
+/// Values are returned as written, without percent-decoding.
+pub fn query_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}

@@ -5,8 +5,10 @@ mod support;
 
 mod cache;
 mod check;
+mod guests;
 mod limits;
 mod outbound;
+mod sandbox;
 mod serve;
 mod shutdown;
 mod start_errors;

@@ -6,14 +6,10 @@
 //! then `curl 'http://127.0.0.1:8080/?url=http://127.0.0.1:9000/'`.
 
 use fnhost_sdk::http::{self, StatusCode};
-use fnhost_sdk::{IntoResponse, Request, outbound};
+use fnhost_sdk::{IntoResponse, Request, outbound, query_param};
 
 fn fetch(request: Request) -> impl IntoResponse {
-    let Some(url) = request
-        .uri()
-        .query()
-        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("url=")))
-    else {
+    let Some(url) = query_param(&request, "url") else {
         return (StatusCode::BAD_REQUEST, "missing ?url=\n").into_response();
     };
     let upstream = match http::Request::get(url).body(Vec::new()) {

@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""fnhost's load benchmark: the same guests on fnhost, on `wasmtime serve` 48
+(with its defaults and with tuned flags) and on a native hyper server, side by
+side in one run, servers alternating (A B C D, A B C D, ...).
+
+    bench/bench.py                 # every scenario, every server, 3 rounds
+    bench/bench.py --quick         # one short round against fnhost alone (smoke check)
+    bench/bench.py --rounds 5 --scenarios hello,io
+
+It installs what it needs on a fresh machine: `wrk` from Debian, and
+wasmtime-cli 48.0.8 from crates.io into bench/.cache (or give WASMTIME=/path).
+Results: printed, and written to bench/results/latest.md and latest.json.
+Loopback only; every server it starts is stopped by PID; every loop is bounded.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+RESULTS = ROOT / "bench" / "results"
+WASMTIME_VERSION = "48.0.8"
+EXAMPLES = ROOT / "examples" / "target" / "wasm32-wasip2" / "release"
+
+# Little's law bound of the io scenario: 500 connections / 50 ms each.
+IO_CONNECTIONS = 500
+IO_WAIT_MS = 50
+IO_LIMIT = IO_CONNECTIONS * 1000 / IO_WAIT_MS
+
+START_TIMEOUT_S = 60
+HOG_MS = 3000
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kwargs):
+    log("$ " + " ".join(str(c) for c in cmd))
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def clean_env():
+    """The servers' environment: RUST_BACKTRACE unset (it slows wasmtime's error paths)."""
+    env = dict(os.environ)
+    env.pop("RUST_BACKTRACE", None)
+    env.pop("RUST_LOG", None)
+    return env
+
+
+# ---------------------------------------------------------------- setup
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    log("wrk not found: installing it from Debian")
+    run(["apt-get", "update", "-qq"])
+    run(["apt-get", "install", "-y", "-qq", "wrk"])
+
+
+def ensure_wasmtime():
+    explicit = os.environ.get("WASMTIME")
+    if explicit:
+        return explicit
+    root = CACHE / f"wasmtime-{WASMTIME_VERSION}"
+    binary = root / "bin" / "wasmtime"
+    if not binary.exists():
+        log(f"installing wasmtime-cli {WASMTIME_VERSION} into {root} (takes a while, once)")
+        run(["cargo", "install", "wasmtime-cli", "--version", WASMTIME_VERSION,
+             "--locked", "--root", str(root)])
+    return str(binary)
+
+
+def build(profile):
+    flag = ["--release"] if profile == "release" else []
+    run(["cargo", "build", *flag, "-p", "fnhost", "-p", "fnhost-bench-native"], cwd=ROOT)
+    run(["cargo", "build", "--release", "--target", "wasm32-wasip2",
+         "--manifest-path", str(ROOT / "examples" / "Cargo.toml")])
+    target = ROOT / "target" / ("release" if profile == "release" else "debug")
+    return target / "fnhost", target / "fnhost-bench-native"
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 65536), hard), hard))
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server process on a loopback port, stopped by PID."""
+
+    def __init__(self, kind, argv, port, pin=None):
+        self.kind, self.port = kind, port
+        if pin is not None:
+            argv = ["taskset", "-c", str(pin), *argv]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.stderr_lines = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            if len(self.stderr_lines) < 1000:
+                self.stderr_lines.append(line.rstrip())
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, path):
+        """Seconds from spawn to the first 200 on `path`."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited: {' | '.join(self.stderr_lines[-5:])}")
+            try:
+                with urllib.request.urlopen(self.url(path), timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - self.started
+            except OSError:
+                time.sleep(0.001)
+        raise RuntimeError(f"{self.kind} not ready within {START_TIMEOUT_S}s")
+
+    def peak_rss_kib(self):
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+        except (OSError, AttributeError):
+            return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ServerKind:
+    """How to start one kind of server for a guest."""
+
+    def __init__(self, name, start, path):
+        self.name = name
+        self._start = start  # (guest, port, extra) -> argv
+        self._path = path  # (guest) -> URL path prefix
+
+    def start(self, guest, pin=None, extra=None):
+        port = free_port()
+        server = Server(self.name, self._start(guest, port, extra or {}), port, pin)
+        server.wait_ready(self.path(guest, ready=True))
+        return server
+
+    def path(self, guest, ready=False):
+        return self._path(guest, ready)
+
+
+def server_kinds(fnhost, native, wasmtime, quick):
+    fnhost_cache = CACHE / "fnhost-compile-cache"
+
+    def fnhost_argv(guest, port, extra):
+        argv = [str(fnhost), "serve", "--listen", f"127.0.0.1:{port}", "--timeout", "60s",
+                "--cache-dir", str(extra.get("cache_dir", fnhost_cache))]
+        return [*argv, str(EXAMPLES / f"{guest}.wasm")]
+
+    def wasm_path(guest, ready):
+        return "/?ms=0" if guest == "hog" else ("/?ms=1" if guest == "sleep" and ready else "/")
+
+    def native_path(guest, ready):
+        return {"hello": "/", "cpu": "/cpu", "sleep": "/sleep?ms=1" if ready else "/sleep",
+                "hog": "/hog?ms=0"}[guest]
+
+    kinds = [ServerKind("fnhost", fnhost_argv, wasm_path)]
+    if quick:
+        return kinds
+
+    def wasmtime_default(guest, port, extra):
+        return [wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
+                str(EXAMPLES / f"{guest}.wasm")]
+
+    def wasmtime_tuned(guest, port, extra):
+        return [wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
+                *WASMTIME_TUNED_FLAGS, str(EXAMPLES / f"{guest}.wasm")]
+
+    def native_argv(guest, port, extra):
+        return [str(native), f"127.0.0.1:{port}"]
+
+    kinds += [
+        ServerKind("wasmtime-default", wasmtime_default, wasm_path),
+        ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path),
+        ServerKind("native", native_argv, native_path),
+    ]
+    return kinds
+
+
+# The best `wasmtime serve` flags found for these scenarios (docs/performance.md
+# says how they were chosen): pooling slots sized for 500+ requests in flight
+# with pages kept resident, instance reuse (a WASIp2 instance serves up to
+# 1000 requests, one at a time), and a timeout, which turns on its epoch
+# ticker and so its yields.
+WASMTIME_TUNED_FLAGS = [
+    "-O", "pooling-allocator=y",
+    "-O", "pooling-memory-keep-resident=1048576",
+    "-O", "pooling-table-keep-resident=65536",
+    "-O", "pooling-total-core-instances=8000",
+    "-O", "pooling-total-component-instances=1000",
+    "-O", "pooling-total-memories=2000",
+    "-O", "pooling-total-tables=2000",
+    "-O", "pooling-total-stacks=1000",
+    "-W", "timeout=60s",
+    "--max-instance-reuse-count", "1000",
+]
+
+
+# ---------------------------------------------------------------- load
+
+
+def to_ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url, connections, seconds, threads=1, pin=None):
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+            "--timeout", "10s", url]
+    if pin is not None:
+        argv = ["taskset", "-c", str(pin), *argv]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    result = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "errors": 0,
+    }
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(g) for g in sockets.groups()) if sockets else 0)
+    return result
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenario_hello(kind, d, pinned):
+    pin_server, pin_wrk = (0, 1) if pinned else (None, None)
+    server = kind.start("hello", pin=pin_server)
+    try:
+        result = wrk(server.url(kind.path("hello")), 64, d["load_s"], pin=pin_wrk)
+        result["peak_rss_mib"] = (server.peak_rss_kib() or 0) / 1024
+        return result
+    finally:
+        server.stop()
+
+
+def scenario_cpu(kind, d):
+    server = kind.start("cpu")
+    try:
+        return wrk(server.url(kind.path("cpu")), 8, d["load_s"])
+    finally:
+        server.stop()
+
+
+def scenario_io(kind, d):
+    server = kind.start("sleep")
+    try:
+        path = kind.path("sleep") + ("&" if "?" in kind.path("sleep") else "?") + f"ms={IO_WAIT_MS}"
+        result = wrk(server.url(path), IO_CONNECTIONS, d["load_s"], threads=2)
+        result["little_fraction"] = result["rps"] / IO_LIMIT
+        return result
+    finally:
+        server.stop()
+
+
+def scenario_fairness(kind, d):
+    server = kind.start("hog")
+    hog_path = kind.path("hog").replace("ms=0", f"ms={HOG_MS}")
+    hogs = []
+
+    def hog():
+        try:
+            urllib.request.urlopen(server.url(hog_path), timeout=HOG_MS / 1000 + 60).read()
+        except OSError:
+            pass
+
+    try:
+        for _ in range(2):
+            thread = threading.Thread(target=hog, daemon=True)
+            thread.start()
+            hogs.append(thread)
+        time.sleep(0.2)  # let both hogs start spinning
+        result = wrk(server.url(kind.path("hog")), 4, 2)
+        return result
+    finally:
+        for thread in hogs:
+            thread.join(timeout=HOG_MS / 1000 + 60)
+        server.stop()
+
+
+def scenario_cold_start(kind, d, warm):
+    """Median seconds from process start to the first 200 over d['cold_runs'] starts."""
+    times = []
+    for _ in range(d["cold_runs"]):
+        extra = {}
+        if kind.name == "fnhost" and not warm:
+            extra["cache_dir"] = tempfile.mkdtemp(prefix="fnhost-cold-")
+        port = free_port()
+        server = Server(kind.name, kind._start("hello", port, extra), port)
+        try:
+            times.append(server.wait_ready(kind.path("hello", ready=True)))
+        finally:
+            server.stop()
+            if "cache_dir" in extra:
+                shutil.rmtree(extra["cache_dir"], ignore_errors=True)
+    return {"start_ms": statistics.median(times) * 1000}
+
+
+SCENARIOS = {
+    "hello-pinned": lambda kind, d: scenario_hello(kind, d, pinned=True),
+    "hello": lambda kind, d: scenario_hello(kind, d, pinned=False),
+    "cpu": scenario_cpu,
+    "io": scenario_io,
+    "fairness": scenario_fairness,
+    "cold-start-cold-cache": lambda kind, d: scenario_cold_start(kind, d, warm=False),
+    "cold-start-warm-cache": lambda kind, d: scenario_cold_start(kind, d, warm=True),
+}
+
+DESCRIPTIONS = {
+    "hello-pinned": "hello, `wrk -t1 -c64`, server on core 0, wrk on core 1",
+    "hello": "hello, `wrk -t1 -c64`, unpinned",
+    "cpu": "cpu (~5 ms of CPU per request), `wrk -t1 -c8`",
+    "io": f"sleep {IO_WAIT_MS} ms on a host timer, `wrk -t2 -c{IO_CONNECTIONS}`; "
+          f"Little's limit {IO_LIMIT:.0f} req/s",
+    "fairness": f"hello (`wrk -t1 -c4 -d2s`) while two requests spin {HOG_MS / 1000:.0f} s without yielding",
+    "cold-start-cold-cache": "process start to first 200, empty compile cache (median of starts)",
+    "cold-start-warm-cache": "process start to first 200, warm compile cache (median of starts)",
+}
+
+
+# ---------------------------------------------------------------- report
+
+
+def median_of(samples, key):
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(raw):
+    """raw[scenario][server] = [sample, ...] -> medians per scenario and server."""
+    summary = {}
+    for scenario, by_server in raw.items():
+        summary[scenario] = {}
+        for server, samples in by_server.items():
+            keys = {k for s in samples for k in s}
+            summary[scenario][server] = {k: median_of(samples, k) for k in sorted(keys)}
+    return summary
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b):
+    return "–" if not a or not b else f"{a / b:.2f}×"
+
+
+def markdown(summary, environment, args):
+    lines = ["# fnhost benchmark", "",
+             f"Run {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
+             f"commit {environment['commit']}, {args.rounds} round(s), "
+             f"{args.duration}s per load run, servers alternating.", ""]
+    for scenario, by_server in summary.items():
+        lines += [f"## {scenario}", "", DESCRIPTIONS[scenario], ""]
+        native = by_server.get("native", {})
+        wasmtime_best = max((by_server.get(k, {}) for k in ("wasmtime-default", "wasmtime-tuned")),
+                            key=lambda r: r.get("rps") or 0, default={})
+        if scenario.startswith("cold-start"):
+            lines += ["| server | start → first 200 (ms, median) |", "|---|---|"]
+            for server, r in by_server.items():
+                lines.append(f"| {server} | {fmt(r.get('start_ms'), 1)} |")
+        else:
+            extra = {"io": "of Little's limit", "fairness": "completed in 2 s",
+                     "hello": "peak RSS (MiB)"}.get(scenario)
+            header = "| server | req/s | p50 (ms) | p99 (ms) | errors | × native | × best wasmtime |"
+            sep = "|---|---|---|---|---|---|---|"
+            if extra:
+                header += f" {extra} |"
+                sep += "---|"
+            lines += [header, sep]
+            for server, r in by_server.items():
+                row = (f"| {server} | {fmt(r.get('rps'))} | {fmt(r.get('p50_ms'), 2)} | "
+                       f"{fmt(r.get('p99_ms'), 2)} | {fmt(r.get('errors'))} | "
+                       f"{ratio(r.get('rps'), native.get('rps'))} | "
+                       f"{ratio(r.get('rps'), wasmtime_best.get('rps'))} |")
+                if scenario == "io":
+                    row += f" {fmt((r.get('little_fraction') or 0) * 100, 1)}% |"
+                elif scenario == "fairness":
+                    row += f" {fmt(r.get('requests'))} |"
+                elif scenario == "hello":
+                    row += f" {fmt(r.get('peak_rss_mib'), 1)} |"
+                lines.append(row)
+        lines.append("")
+    lines += ["## Environment", "", "```", json.dumps(environment, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def environment_info(wasmtime):
+    cpu = "unknown CPU"
+    try:
+        cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+
+    def output(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "unavailable"
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "commit": output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "wrk": output(["wrk", "--version"]).splitlines()[0] if shutil.which("wrk") else "missing",
+        "wasmtime": output([wasmtime, "--version"]) if wasmtime else "not run",
+        "rustc": output(["rustc", "--version"]),
+        "RUST_BACKTRACE for servers": "unset",
+        "wasmtime tuned flags": " ".join(WASMTIME_TUNED_FLAGS),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="one short round against fnhost alone, debug build (smoke check)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--servers", default=None,
+                        help="comma-separated subset of: fnhost, wasmtime-default, wasmtime-tuned, native")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 2
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
+        parser.error("--rounds must be 1-20 and --duration 1-120")
+
+    raise_fd_limit()
+    ensure_wrk()
+    wants_wasmtime = not args.quick and (args.servers is None or "wasmtime" in args.servers)
+    wasmtime = ensure_wasmtime() if wants_wasmtime else None
+    fnhost, native = build("dev" if args.quick else "release")
+    kinds = server_kinds(fnhost, native, wasmtime, args.quick)
+    if args.servers:
+        chosen = args.servers.split(",")
+        kinds = [k for k in kinds if k.name in chosen]
+    depth = {"load_s": args.duration, "cold_runs": 2 if args.quick else 5}
+
+    raw = {s: {k.name: [] for k in kinds} for s in scenarios}
+    for round_number in range(1, args.rounds + 1):
+        for scenario in scenarios:
+            for kind in kinds:  # alternate servers within every round
+                log(f"round {round_number}/{args.rounds}: {scenario} on {kind.name}")
+                sample = SCENARIOS[scenario](kind, depth)
+                log(f"  {json.dumps(sample)}")
+                raw[scenario][kind.name].append(sample)
+
+    summary = summarize(raw)
+    environment = environment_info(wasmtime)
+    report = markdown(summary, environment, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    (RESULTS / f"{name}.md").write_text(report)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"environment": environment, "raw": raw, "summary": summary}, indent=2))
+    print(report)
+
+    if args.quick:
+        # The smoke check fails if fnhost answered with errors or not at all.
+        failures = [f"{s}: {r}" for s, by in summary.items() for r in by.values()
+                    if r.get("rps") is not None and (r["errors"] or not r["rps"])]
+        if failures:
+            sys.exit("quick benchmark saw failures: " + "; ".join(failures))
+
+
+if __name__ == "__main__":
+    main()
