@@ -27,10 +27,37 @@
 //! The component exports `wasi:http/incoming-handler@0.2.x`, so it also runs
 //! on `wasmtime serve` and other WASI 0.2 HTTP hosts.
 //!
-//! Outbound HTTP goes through [`outbound::send`]; the host denies it unless
-//! the destination's origin was allowed with `--allow-outbound`.
+//! Outbound HTTP goes through [`outbound::send`] (blocking) or
+//! [`outbound::fetch`] (async); the host denies it unless the destination's
+//! origin was allowed with `--allow-outbound`.
+//!
+//! ## Sync and async handlers
+//!
+//! As in Azure Functions' Python worker, a plain `fn` handler runs in the
+//! host's **sync lane** (a bounded pool of threads, each call on a warm
+//! instance) and an `async fn` handler in its **async lane** (futures on the
+//! host's event loop). The macro records the choice in the component (the
+//! `fnhost:lane` custom section); `fnhost serve --mode` overrides it.
+//!
+//! ```no_run
+//! use fnhost_sdk::{IntoResponse, Request, task};
+//! use std::time::Duration;
+//!
+//! async fn slow_hello(_request: Request) -> impl IntoResponse {
+//!     task::sleep(Duration::from_millis(100)).await;
+//!     "hello, a little later\n"
+//! }
+//!
+//! fnhost_sdk::async_http_handler!(slow_hello);
+//! # fn main() {}
+//! ```
+//!
+//! In the async lane the host interrupts a guest that computes without
+//! waiting every few hundred microseconds (fuel-based yield points), so an
+//! `async fn` that never awaits slows others down but cannot stall them.
 
 pub mod outbound;
+pub mod task;
 mod wire;
 
 pub use http;
@@ -104,20 +131,55 @@ fn text_response(status: http::StatusCode, text: String) -> Response {
 }
 
 /// Exports `handler` (a `fn(Request) -> impl IntoResponse`) as the
-/// component's `wasi:http/incoming-handler`.
+/// component's `wasi:http/incoming-handler`, for the host's sync lane.
 #[macro_export]
 macro_rules! http_handler {
     ($handler:path) => {
+        $crate::__lane_marker!(b"sync");
+        $crate::__export_handler!(|request, response_out| {
+            $crate::__private::serve(request, response_out, $handler)
+        });
+    };
+}
+
+/// Exports `handler` (an `async fn(Request) -> impl IntoResponse`) as the
+/// component's `wasi:http/incoming-handler`, for the host's async lane.
+#[macro_export]
+macro_rules! async_http_handler {
+    ($handler:path) => {
+        $crate::__lane_marker!(b"async");
+        $crate::__export_handler!(|request, response_out| {
+            $crate::__private::serve_async(request, response_out, $handler)
+        });
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lane_marker {
+    ($lane:literal) => {
+        // The lane marker: a custom section the host reads at load time.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(link_section = "fnhost:lane")]
+        #[used]
+        static __FNHOST_LANE: [u8; $lane.len()] = *$lane;
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_handler {
+    (|$request:ident, $response_out:ident| $body:expr) => {
         struct __FnhostHttpHandler;
 
         impl $crate::__private::wasip2::exports::wasi::http::incoming_handler::Guest
             for __FnhostHttpHandler
         {
             fn handle(
-                request: $crate::__private::wasip2::http::types::IncomingRequest,
-                response_out: $crate::__private::wasip2::http::types::ResponseOutparam,
+                $request: $crate::__private::wasip2::http::types::IncomingRequest,
+                $response_out: $crate::__private::wasip2::http::types::ResponseOutparam,
             ) {
-                $crate::__private::serve(request, response_out, $handler);
+                $body
             }
         }
 
@@ -150,13 +212,33 @@ pub mod __private {
         let response = handler(request).into_response();
         crate::wire::write_response(response_out, response);
     }
+
+    /// Reads the request, runs the async handler to completion on wstd's
+    /// executor, writes the response.
+    pub fn serve_async<R: IntoResponse, F: std::future::Future<Output = R>>(
+        incoming: IncomingRequest,
+        response_out: ResponseOutparam,
+        handler: impl FnOnce(crate::Request) -> F,
+    ) {
+        let request = match crate::wire::read_incoming_request(incoming) {
+            Ok(request) => request,
+            Err(reason) => {
+                ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(reason))));
+                return;
+            }
+        };
+        let response = wstd::runtime::block_on(handler(request)).into_response();
+        crate::wire::write_response(response_out, response);
+    }
 }
 
-/// Waits `duration` on a host timer (`wasi:clocks/monotonic-clock`).
+/// Waits `duration` on a host timer (`wasi:clocks/monotonic-clock`),
+/// blocking the guest. For sync handlers; async handlers use
+/// [`task::sleep`].
 ///
-/// The guest blocks, but the host does not: fnhost parks the invocation on
-/// its event loop until the timer fires, so thousands of sleeping guests
-/// cost no threads.
+/// In the async lane the host does not block: it parks the invocation on
+/// its event loop until the timer fires. In the sync lane the call holds its
+/// thread for the duration, as a blocking call in a thread pool does.
 pub fn sleep(duration: std::time::Duration) {
     let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();

@@ -88,3 +88,26 @@ fn from_error_code(code: ErrorCode) -> OutboundError {
         other => OutboundError::Failed(format!("{other:?}")),
     }
 }
+
+/// Sends `request` and waits for the whole response, as a future: several
+/// fetches joined with [`crate::task::join_all`] run concurrently.
+pub async fn fetch(request: Request) -> Result<Response, OutboundError> {
+    let response = wstd::http::Client::new()
+        .send(request)
+        .await
+        .map_err(from_wstd_error)?;
+    let (parts, mut body) = response.into_parts();
+    let bytes = body
+        .contents()
+        .await
+        .map_err(|e| OutboundError::Failed(format!("reading the response body: {e}")))?
+        .to_vec();
+    Ok(http::Response::from_parts(parts, bytes))
+}
+
+fn from_wstd_error(error: wstd::http::Error) -> OutboundError {
+    match error.downcast::<ErrorCode>() {
+        Ok(code) => from_error_code(code),
+        Err(other) => OutboundError::Failed(format!("{other:#}")),
+    }
+}

@@ -2,6 +2,7 @@
 //! and the inventory of what it imports and exports.
 
 use crate::cache::CompileCache;
+use crate::config::Lane;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wasmtime::Engine;
@@ -11,6 +12,9 @@ use wasmtime::component::Component;
 pub const HTTP_HANDLER_P2: &str = "wasi:http/incoming-handler@0.2";
 /// The WASIp3 HTTP export (component-model async); not served yet.
 pub const HTTP_HANDLER_P3: &str = "wasi:http/handler@0.3";
+/// Name of the custom section holding the lane marker (`sync` or `async`),
+/// which `fnhost-sdk` embeds; see wit/README.md.
+pub const LANE_SECTION: &str = "fnhost:lane";
 
 /// Why a component file cannot be served. Each message is one line that
 /// names the file and the reason.
@@ -60,6 +64,14 @@ pub enum LoadError {
         /// What it exports instead, comma-separated.
         exports: String,
     },
+    /// The lane marker holds something other than `sync` or `async`.
+    #[error("{path}: the `fnhost:lane` section says {found:?}; expected \"sync\" or \"async\"")]
+    BadLaneMarker {
+        /// The file named by the user.
+        path: PathBuf,
+        /// What the section holds.
+        found: String,
+    },
     /// The component needs an import the host does not provide.
     #[error("{path}: cannot be linked: {reason}")]
     Link {
@@ -101,19 +113,26 @@ pub struct LoadedComponent {
     pub exports: Vec<String>,
     /// The handler fnhost serves.
     pub handler: HandlerKind,
+    /// The lane the component asks for, if it carries a marker.
+    pub lane_marker: Option<Lane>,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
     /// Time spent reading, compiling or loading.
     pub load_time: Duration,
 }
 
-/// Reads, checks and compiles the component at `path`.
-pub fn load(
-    engine: &Engine,
-    path: &Path,
-    cache: Option<&CompileCache>,
-) -> Result<LoadedComponent, LoadError> {
-    let started = Instant::now();
+/// A component file that passed the cheap checks, not yet compiled.
+pub struct ComponentFile {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The lane its marker asks for, if it has one.
+    pub lane_marker: Option<Lane>,
+}
+
+/// Reads `path` and checks that it is a component; finds its lane marker.
+pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
     let owned = || path.to_path_buf();
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::NotFound { path: owned() },
@@ -127,7 +146,43 @@ pub fn load(
         WasmKind::CoreModule => return Err(LoadError::CoreModule { path: owned() }),
         WasmKind::NotWasm => return Err(LoadError::NotWasm { path: owned() }),
     }
+    let lane_marker = match find_lane_marker(&bytes) {
+        Ok(marker) => marker,
+        Err(found) => {
+            return Err(LoadError::BadLaneMarker {
+                path: owned(),
+                found,
+            });
+        }
+    };
+    Ok(ComponentFile {
+        path: owned(),
+        bytes,
+        lane_marker,
+    })
+}
 
+/// Reads, checks and compiles the component at `path`.
+pub fn load(
+    engine: &Engine,
+    path: &Path,
+    cache: Option<&CompileCache>,
+) -> Result<LoadedComponent, LoadError> {
+    compile(engine, read(path)?, cache)
+}
+
+/// Compiles `file` (or loads it from the cache) and takes its inventory.
+pub fn compile(
+    engine: &Engine,
+    file: ComponentFile,
+    cache: Option<&CompileCache>,
+) -> Result<LoadedComponent, LoadError> {
+    let started = Instant::now();
+    let ComponentFile {
+        path,
+        bytes,
+        lane_marker,
+    } = file;
     let key = CompileCache::key(engine, &bytes);
     let cached = cache.and_then(|cache| cache.load(engine, &key));
     let from_cache = cached.is_some();
@@ -135,7 +190,7 @@ pub fn load(
         Some(component) => component,
         None => {
             let component = Component::new(engine, &bytes).map_err(|e| LoadError::Invalid {
-                path: owned(),
+                path: path.clone(),
                 reason: one_line(&e),
             })?;
             if let Some(cache) = cache
@@ -159,30 +214,54 @@ pub fn load(
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let handler = exports
+    let Some(handler) = exports
         .iter()
         .find(|name| name.starts_with(HTTP_HANDLER_P2))
         .map(|export| HandlerKind::HttpP2 {
             export: export.clone(),
         })
-        .ok_or_else(|| LoadError::NoHandler {
-            path: owned(),
+    else {
+        return Err(LoadError::NoHandler {
+            path,
             exports: if exports.is_empty() {
                 "nothing".to_string()
             } else {
                 exports.join(", ")
             },
-        })?;
+        });
+    };
 
     Ok(LoadedComponent {
-        path: owned(),
+        path,
         component,
         imports,
         exports,
         handler,
+        lane_marker,
         from_cache,
         load_time: started.elapsed(),
     })
+}
+
+/// Looks through the component and the core modules inside it for the lane
+/// marker section. `Err` carries the contents of a marker that is neither
+/// `sync` nor `async`. Parse errors are left for wasmtime to report.
+fn find_lane_marker(bytes: &[u8]) -> Result<Option<Lane>, String> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(None);
+        };
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == LANE_SECTION
+        {
+            return match section.data() {
+                b"sync" => Ok(Some(Lane::Sync)),
+                b"async" => Ok(Some(Lane::Async)),
+                other => Err(String::from_utf8_lossy(other).into_owned()),
+            };
+        }
+    }
+    Ok(None)
 }
 
 /// What the first eight bytes of a file say it is.

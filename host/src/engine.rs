@@ -4,13 +4,14 @@
 //! Every default set here is commented with its reason: this is the only place
 //! fnhost configures wasmtime.
 
+use crate::config::Lane;
 use std::thread;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch ticker advances the engine's epoch. Guests in the async
-/// lane yield to the event loop once per tick, so this bounds how long one
-/// guest can hold a thread; deadlines are checked at the same points.
+/// How often the epoch ticker advances the engine's epoch: the resolution of
+/// the sync lane's deadlines (a sync guest past `--timeout` traps within one
+/// tick).
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Instance slots in the pooling allocator. wasmtime's default is 1000 core
@@ -58,6 +59,11 @@ pub struct EngineSettings {
     pub max_memory: u64,
     /// Try the pooling allocator first (falls back if it cannot reserve).
     pub pooling: bool,
+    /// The lane the engine's code will run in: the async lane meters fuel
+    /// (its yield points), the sync lane checks epochs (its deadlines).
+    pub lane: Lane,
+    /// Meter fuel in the sync lane too, for a `--max-fuel` CPU budget.
+    pub sync_fuel: bool,
 }
 
 /// Builds the engine, probing for the pooling allocator first.
@@ -68,7 +74,7 @@ pub struct EngineSettings {
 /// on-demand allocation and says so, instead of failing to start (Spin #2343).
 pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, AllocatorKind)> {
     if settings.pooling {
-        let mut config = base_config();
+        let mut config = base_config(settings);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
             settings.max_memory,
         )));
@@ -79,16 +85,29 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Alloca
             ),
         }
     }
-    let engine = Engine::new(&base_config())
+    let engine = Engine::new(&base_config(settings))
         .map_err(|e| anyhow::anyhow!("cannot configure the wasmtime engine: {e}"))?;
     Ok((engine, AllocatorKind::OnDemand))
 }
 
-fn base_config() -> Config {
+fn base_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
-    // Deadlines and cooperative yields come from epochs: a counter check at
-    // loop heads and function entries, about half the cost of fuel.
-    config.epoch_interruption(true);
+    match settings.lane {
+        // Async lane: fuel gives deterministic yield points (every
+        // `--yield-fuel` units) and the optional CPU budget; the deadline is
+        // a timer on the event loop, which the yields let run.
+        Lane::Async => {
+            config.consume_fuel(true);
+        }
+        // Sync lane: a blocking call cannot be cancelled from outside, so the
+        // deadline must live in the guest: an epoch check at loop heads and
+        // function entries (about half the cost of fuel, wasmtime PR #3699)
+        // traps it once the ticker passes the deadline.
+        Lane::Sync => {
+            config.epoch_interruption(true);
+            config.consume_fuel(settings.sync_fuel);
+        }
+    }
     config.wasm_component_model(true);
     // Guest stack: 1 MiB, wasmtime's default is 512 KiB. Recursive parsers
     // in guests (serde_json on deep input) need the room; the async stack

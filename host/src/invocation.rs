@@ -54,6 +54,16 @@ impl InvocationId {
         });
         Self(prefix ^ COUNTER.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// The id as a number, for storing in an atomic.
+    pub fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id stored by [`InvocationId::to_u64`].
+    pub fn from_u64(raw: u64) -> Self {
+        Self(raw)
+    }
 }
 
 impl fmt::Display for InvocationId {

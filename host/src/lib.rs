@@ -38,6 +38,7 @@ pub use invocation::{Dispatch, FailureKind, HttpInvocation, InvocationError, Inv
 
 use cache::CompileCache;
 use component::{HandlerKind, LoadError};
+use config::Lane;
 use engine::{AllocatorKind, EngineSettings};
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ pub enum HostError {
     /// The wasmtime engine could not be configured.
     #[error("{0}")]
     Engine(String),
+    /// `build` was called outside a tokio runtime.
+    #[error("the host must be built inside a tokio runtime (it runs its I/O there)")]
+    NoRuntime,
     /// A `--dir` grant names something that is not a readable directory.
     #[error("--dir {path}: {reason}")]
     Dir {
@@ -89,9 +93,11 @@ impl HostBuilder {
         self
     }
 
-    /// Creates the engine, loads and links the component. This compiles the
-    /// component unless the compile cache has it, so it can take seconds:
-    /// call it before serving, not on a request path.
+    /// Creates the engine, loads and links the component, and starts the
+    /// lane its invocations run in. This compiles the component unless the
+    /// compile cache has it, so it can take seconds: call it before serving,
+    /// not on a request path. It must be called inside a tokio runtime: the
+    /// host's I/O (and the sync lane's host calls) run there.
     pub fn build(self) -> Result<Host, HostError> {
         let path = self.component.ok_or(HostError::NoComponent)?;
         for grant in &self.config.grants.dirs {
@@ -102,42 +108,53 @@ impl HostBuilder {
                 });
             }
         }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
+        let file = component::read(&path)?;
+        let lane = self.config.execution.mode.resolve(file.lane_marker);
         let (engine, allocator) = engine::build_engine(&EngineSettings {
             max_memory: self.config.invocation.max_memory,
             pooling: self.pooling,
+            lane,
+            sync_fuel: self.config.execution.max_fuel.is_some(),
         })
         .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        engine::start_epoch_ticker(&engine);
-        let cache =
-            self.config
-                .cache_dir
-                .as_deref()
-                .and_then(|dir| match CompileCache::open(dir) {
-                    Ok(cache) => Some(cache),
-                    Err(error) => {
-                        tracing::warn!(
-                            "compile cache disabled: cannot open {}: {error}",
-                            dir.display()
-                        );
-                        None
-                    }
-                });
-        let loaded = component::load(&engine, &path, cache.as_ref())?;
-        let executor = exec::Executor::new(
-            &engine,
-            &loaded,
-            self.config.invocation.clone(),
-            self.config.grants.clone(),
-        )?;
+        if lane == Lane::Sync {
+            engine::start_epoch_ticker(&engine);
+        }
+        let cache = self
+            .config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| match CompileCache::open(dir) {
+                Ok(cache) => Some(cache),
+                Err(error) => {
+                    tracing::warn!(
+                        "compile cache disabled: cannot open {}: {error}",
+                        dir.display()
+                    );
+                    None
+                }
+            });
+        let loaded = component::compile(&engine, file, cache.as_ref())?;
+        let settings = exec::ExecSettings {
+            limits: self.config.invocation.clone(),
+            grants: self.config.grants.clone(),
+            execution: self.config.execution.clone(),
+        };
+        let _entered = runtime.enter();
+        let dispatch = exec::start(&engine, &loaded, lane, settings)?;
         Ok(Host {
             summary: LoadSummary {
                 path,
                 handler: loaded.handler,
+                lane,
+                lane_marker: loaded.lane_marker,
                 allocator,
                 from_cache: loaded.from_cache,
                 load_time: loaded.load_time,
             },
-            dispatch: Arc::new(executor),
+            dispatch,
             config: self.config,
         })
     }
@@ -150,6 +167,10 @@ pub struct LoadSummary {
     pub path: PathBuf,
     /// The handler being served.
     pub handler: HandlerKind,
+    /// The lane its invocations run in.
+    pub lane: Lane,
+    /// The lane the component's marker asked for, if any.
+    pub lane_marker: Option<Lane>,
     /// The instance allocator in use.
     pub allocator: AllocatorKind,
     /// Whether compiled code came from the compile cache.

@@ -1,7 +1,9 @@
-//! `hog`: spins for `?ms=` milliseconds (default 0) without ever waiting on
-//! the host (it reads the clock, which returns at once), then answers
-//! `spun N ms`. With `ms=0` it answers at once, so one component serves both
-//! the hogs and the light requests of the fairness benchmark.
+//! `hog`: the seed's "async function that never awaits": an `async fn`
+//! handler that spins for `?ms=` milliseconds (default 0) without waiting on
+//! anything (it reads the clock, which returns at once), then answers
+//! `spun N ms`. In the async lane the host's fuel yield points keep it from
+//! stalling other requests. With `ms=0` it answers at once, so one component
+//! serves both the hogs and the light requests of the fairness benchmark.
 //!
 //! Run it: `fnhost serve examples/target/wasm32-wasip2/release/hog.wasm`, then
 //! `curl 'http://127.0.0.1:8080/?ms=3000'` and, meanwhile, `curl http://127.0.0.1:8080/`.
@@ -12,7 +14,7 @@ use fnhost_sdk::{IntoResponse, Request, monotonic_now, query_param};
 /// Longest spin accepted.
 const MAX_MS: u64 = 60_000;
 
-fn hog(request: Request) -> impl IntoResponse {
+async fn hog(request: Request) -> impl IntoResponse {
     let ms = match query_param(&request, "ms").map(str::parse::<u64>) {
         None => 0,
         Some(Ok(ms)) if ms <= MAX_MS => ms,
@@ -30,4 +32,4 @@ fn hog(request: Request) -> impl IntoResponse {
     format!("spun {ms} ms\n").into_response()
 }
 
-fnhost_sdk::http_handler!(hog);
+fnhost_sdk::async_http_handler!(hog);

@@ -1,11 +1,10 @@
 //! `fnhost check`: load and link a component the way `serve` would, and say
-//! what it imports and exports and which trigger it serves.
+//! what it imports and exports, which trigger it serves and in which lane.
 
 use clap::Args;
 use fnhost::cache::CompileCache;
-use fnhost::config::{GuestGrants, InvocationLimits, default_cache_dir};
+use fnhost::config::{InvocationLimits, Mode, default_cache_dir};
 use fnhost::engine::{EngineSettings, build_engine};
-use fnhost::exec::Executor;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,17 +18,28 @@ pub struct CheckCommand {
 impl CheckCommand {
     /// Prints the component's inventory; exit 0 if `serve` would accept it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let limits = InvocationLimits::default();
+        let file = fnhost::component::read(&self.component)?;
+        let marker = file.lane_marker;
+        let lane = Mode::Auto.resolve(marker);
         let (engine, _) = build_engine(&EngineSettings {
-            max_memory: limits.max_memory,
+            max_memory: InvocationLimits::default().max_memory,
             // Checking needs no slots; skip reserving them.
             pooling: false,
+            lane,
+            sync_fuel: false,
         })?;
         let cache = default_cache_dir().and_then(|dir| CompileCache::open(&dir).ok());
-        let loaded = fnhost::component::load(&engine, &self.component, cache.as_ref())?;
-        Executor::new(&engine, &loaded, limits, GuestGrants::default())?;
+        let loaded = fnhost::component::compile(&engine, file, cache.as_ref())?;
+        fnhost::exec::link(&engine, &loaded, lane)?;
         println!("component: {}", self.component.display());
         println!("trigger:   {}", loaded.handler.describe());
+        println!(
+            "lane:      {lane} ({})",
+            match marker {
+                Some(_) => "from the component's fnhost:lane marker",
+                None => "no marker: the default; --mode overrides",
+            }
+        );
         println!("imports:");
         for name in &loaded.imports {
             println!("  {name}");

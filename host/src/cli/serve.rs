@@ -3,11 +3,14 @@
 use anyhow::Context;
 use clap::Args;
 use fnhost::Host;
+use fnhost::config::Lane;
 use fnhost::config::parse::{
     parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
 };
 use fnhost::config::{
-    DEFAULT_LISTEN, DirGrant, GuestGrants, HostConfig, HttpLimits, InvocationLimits, Origin,
+    DEFAULT_LISTEN, DEFAULT_QUEUE_DEPTH_PER_THREAD, DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig,
+    GuestGrants, HostConfig, HttpLimits, InvocationLimits, MAX_THREADS, Mode, Origin,
+    default_threads,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +39,30 @@ pub struct ServeCommand {
     /// Wall clock per invocation, response body included (504 beyond).
     #[arg(long, env = "FNHOST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     timeout: Duration,
+
+    /// Execution lane: auto reads the component's marker (async without one).
+    #[arg(long, env = "FNHOST_MODE", default_value = "auto", value_name = "auto|async|sync")]
+    mode: Mode,
+
+    /// Fuel units between yield points in the async lane (about 1 unit per wasm instruction).
+    #[arg(long, env = "FNHOST_YIELD_FUEL", default_value_t = DEFAULT_YIELD_FUEL, value_parser = clap::value_parser!(u64).range(1_000..), value_name = "N")]
+    yield_fuel: u64,
+
+    /// CPU budget per invocation in fuel units (504 beyond); none by default.
+    #[arg(long, env = "FNHOST_MAX_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    max_fuel: Option<u64>,
+
+    /// Threads of the sync lane, or auto [default: min(32, cores + 4)].
+    #[arg(long, env = "FNHOST_THREADPOOL_THREAD_COUNT", value_parser = parse_threads, value_name = "N|auto")]
+    threads: Option<usize>,
+
+    /// Calls that may wait for a sync-lane thread; beyond, 503 with Retry-After [default: 64 × threads].
+    #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
+    queue_depth: Option<u64>,
+
+    /// Calls one sync-lane instance may serve before it is replaced (1: a fresh instance per call).
+    #[arg(long, env = "FNHOST_INSTANCE_REUSE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    instance_reuse: u32,
 
     /// Linear memory per instance (500 with fnhost-error: memory beyond).
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
@@ -81,6 +108,20 @@ impl ServeCommand {
                 timeout: self.timeout,
                 max_memory: self.max_memory,
             },
+            execution: {
+                let threads = self.threads.unwrap_or_else(default_threads);
+                ExecutionConfig {
+                    mode: self.mode,
+                    yield_fuel: self.yield_fuel,
+                    max_fuel: self.max_fuel,
+                    threads,
+                    queue_depth: self.queue_depth.map_or(
+                        threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
+                        |depth| depth as usize,
+                    ),
+                    instance_reuse: self.instance_reuse,
+                }
+            },
             grants: GuestGrants {
                 env: self.env.clone(),
                 dirs: self.dir.clone(),
@@ -98,12 +139,24 @@ impl ServeCommand {
     /// Loads the component, binds, serves until a signal, drains.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let config = self.config();
-        let host = Host::builder(config.clone())
-            .component(&self.component)
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let host = {
+            let _entered = runtime.enter();
+            Host::builder(config.clone())
+                .component(&self.component)
+                .build()?
+        };
         let summary = host.summary();
+        let lane_source = match (config.execution.mode, summary.lane_marker) {
+            (Mode::Auto, Some(_)) => "from the component's marker",
+            (Mode::Auto, None) => "no marker: the default",
+            _ => "from --mode",
+        };
         tracing::info!(
-            "loaded {} in {} ms ({}; {}; {} allocator)",
+            "loaded {} in {} ms ({}; {}; {} allocator); {} lane ({lane_source}){}",
             summary.path.display(),
             summary.load_time.as_millis(),
             summary.handler.describe(),
@@ -113,11 +166,15 @@ impl ServeCommand {
                 "compiled"
             },
             summary.allocator,
+            summary.lane,
+            match summary.lane {
+                Lane::Sync => format!(
+                    ", {} threads, queue depth {}",
+                    config.execution.threads, config.execution.queue_depth
+                ),
+                Lane::Async => format!(", yield every {} fuel", config.execution.yield_fuel),
+            },
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -132,6 +189,19 @@ impl ServeCommand {
             }
             Ok(ExitCode::SUCCESS)
         })
+    }
+}
+
+/// Parses `--threads`: a count from 1 to [`MAX_THREADS`], or `auto`
+/// (`min(32, cores + 4)` for now; a later version sizes it from the
+/// measured workload).
+fn parse_threads(text: &str) -> Result<usize, String> {
+    if text == "auto" {
+        return Ok(default_threads());
+    }
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a thread count from 1 to {MAX_THREADS} or auto")),
     }
 }
 

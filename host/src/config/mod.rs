@@ -21,6 +21,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
 /// Default time in-flight requests get to finish on shutdown (`--grace`).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default fuel between yield points in the async lane (`--yield-fuel`):
+/// about 100 µs of guest work on the benchmark machine; see
+/// docs/performance.md for the measurement that chose it.
+pub const DEFAULT_YIELD_FUEL: u64 = 100_000;
+/// Default depth of the sync lane's queue (`--queue-depth`), per thread.
+pub const DEFAULT_QUEUE_DEPTH_PER_THREAD: usize = 64;
+/// Most threads the sync lane may have (`--threads`).
+pub const MAX_THREADS: usize = 1024;
 
 /// Everything a host needs to serve, resolved and validated.
 #[derive(Clone, Debug)]
@@ -31,6 +39,8 @@ pub struct HostConfig {
     pub http: HttpLimits,
     /// Limits on each invocation.
     pub invocation: InvocationLimits,
+    /// Which lane runs guests, and how each lane is sized.
+    pub execution: ExecutionConfig,
     /// What guests may see and reach.
     pub grants: GuestGrants,
     /// Where compiled components are cached; `None` compiles on every start.
@@ -45,6 +55,7 @@ impl Default for HostConfig {
             listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
             http: HttpLimits::default(),
             invocation: InvocationLimits::default(),
+            execution: ExecutionConfig::default(),
             grants: GuestGrants::default(),
             cache_dir: default_cache_dir(),
             grace: DEFAULT_GRACE,
@@ -97,6 +108,98 @@ impl Default for InvocationLimits {
             max_memory: DEFAULT_MAX_MEMORY,
         }
     }
+}
+
+/// The execution lane requested with `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Use the lane the component's marker asks for; async without a marker.
+    Auto,
+    /// Always the async lane.
+    Async,
+    /// Always the sync lane.
+    Sync,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "async" => Ok(Self::Async),
+            "sync" => Ok(Self::Sync),
+            other => Err(format!("`{other}` is not a mode (use auto, async or sync)")),
+        }
+    }
+}
+
+impl Mode {
+    /// The lane to use for a component whose marker says `marker`.
+    pub fn resolve(self, marker: Option<Lane>) -> Lane {
+        match self {
+            Self::Auto => marker.unwrap_or(Lane::Async),
+            Self::Async => Lane::Async,
+            Self::Sync => Lane::Sync,
+        }
+    }
+}
+
+/// The two ways fnhost runs a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// As a future on the tokio event loop, yielding every `--yield-fuel`.
+    Async,
+    /// On a thread of the bounded sync-lane pool, with the synchronous API.
+    Sync,
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Async => "async",
+            Self::Sync => "sync",
+        })
+    }
+}
+
+/// How guests are executed.
+#[derive(Clone, Debug)]
+pub struct ExecutionConfig {
+    /// Which lane (`--mode`).
+    pub mode: Mode,
+    /// Fuel between yield points in the async lane (`--yield-fuel`).
+    pub yield_fuel: u64,
+    /// CPU budget per invocation in fuel units (`--max-fuel`); none by default.
+    pub max_fuel: Option<u64>,
+    /// Threads of the sync lane (`--threads`).
+    pub threads: usize,
+    /// Calls that may wait for a sync-lane thread before 503 (`--queue-depth`).
+    pub queue_depth: usize,
+    /// Calls one sync-lane instance may serve before it is replaced
+    /// (`--instance-reuse`); 1 means a fresh instance for every call.
+    pub instance_reuse: u32,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        let threads = default_threads();
+        Self {
+            mode: Mode::Auto,
+            yield_fuel: DEFAULT_YIELD_FUEL,
+            max_fuel: None,
+            threads,
+            queue_depth: threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
+            instance_reuse: 1,
+        }
+    }
+}
+
+/// The sync lane's default thread count: `min(32, cores + 4)`, the default of
+/// Python's `ThreadPoolExecutor` that Azure Functions' Python worker uses.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores + 4).min(32)
 }
 
 /// What a guest is granted. The default grants nothing.

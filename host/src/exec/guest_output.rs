@@ -1,7 +1,7 @@
 //! Guest stdout and stderr, forwarded line by line to the host's own stdout
 //! and stderr with the invocation id as prefix: `[0123456789abcdef] text`.
 
-use crate::invocation::InvocationId;
+use super::state::CurrentInvocation;
 use bytes::Bytes;
 use std::io::Write;
 use std::pin::Pin;
@@ -23,16 +23,17 @@ pub enum HostStream {
 }
 
 /// A [`StdoutStream`] for one invocation's stdout or stderr.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct GuestOutput {
-    id: InvocationId,
+    invocation: CurrentInvocation,
     target: HostStream,
 }
 
 impl GuestOutput {
-    /// Forwards to `target`, prefixing each line with `id`.
-    pub fn new(id: InvocationId, target: HostStream) -> Self {
-        Self { id, target }
+    /// Forwards to `target`, prefixing each line with the id of the
+    /// invocation the store is running at the time of the write.
+    pub fn new(invocation: CurrentInvocation, target: HostStream) -> Self {
+        Self { invocation, target }
     }
 }
 
@@ -44,11 +45,11 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineForwarder::new(*self))
+        Box::new(LineForwarder::new(self.clone()))
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineForwarder::new(*self))
+        Box::new(LineForwarder::new(self.clone()))
     }
 }
 
@@ -81,10 +82,11 @@ impl LineForwarder {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
+        let id = self.output.invocation.get();
         // A failed write to the host's own stdio is not the guest's problem.
         let _ = match self.output.target {
-            HostStream::Stdout => writeln!(std::io::stdout().lock(), "[{}] {text}", self.output.id),
-            HostStream::Stderr => writeln!(std::io::stderr().lock(), "[{}] {text}", self.output.id),
+            HostStream::Stdout => writeln!(std::io::stdout().lock(), "[{id}] {text}"),
+            HostStream::Stderr => writeln!(std::io::stderr().lock(), "[{id}] {text}"),
         };
     }
 }

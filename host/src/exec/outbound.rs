@@ -5,7 +5,7 @@
 //! guest ask for 600 s timeouts; these hooks sit in front of it.
 
 use crate::config::Origin;
-use crate::invocation::InvocationId;
+use super::state::CurrentInvocation;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The [`WasiHttpHooks`] of one invocation.
 pub struct OutboundPolicy {
-    id: InvocationId,
+    invocation: CurrentInvocation,
     allowed: Arc<[Origin]>,
     /// First-byte and between-bytes timeouts are capped at the invocation's
     /// own timeout: waiting longer could never produce a response.
@@ -24,10 +24,11 @@ pub struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
-    /// A policy for invocation `id` allowing `allowed` origins.
-    pub fn new(id: InvocationId, allowed: Arc<[Origin]>, max_wait: Duration) -> Self {
+    /// A policy allowing `allowed` origins; denials are logged with the
+    /// current invocation's id.
+    pub fn new(invocation: CurrentInvocation, allowed: Arc<[Origin]>, max_wait: Duration) -> Self {
         Self {
-            id,
+            invocation,
             allowed,
             max_wait,
         }
@@ -60,7 +61,7 @@ impl WasiHttpHooks for OutboundPolicy {
         if !self.allowed.iter().any(|origin| origin.matches(uri)) {
             tracing::warn!(
                 "[{}] outbound request to {}://{} denied: not in --allow-outbound",
-                self.id,
+                self.invocation.get(),
                 uri.scheme_str().unwrap_or("?"),
                 uri.authority().map(|a| a.as_str()).unwrap_or("?"),
             );
@@ -85,7 +86,7 @@ mod tests {
     #[test]
     fn guest_timeouts_are_capped() {
         let policy =
-            OutboundPolicy::new(InvocationId::next(), Arc::from([]), Duration::from_secs(30));
+            OutboundPolicy::new(CurrentInvocation::default(), Arc::from([]), Duration::from_secs(30));
         let asked = RequestOptions {
             connect_timeout: Some(Duration::from_secs(600)),
             first_byte_timeout: Some(Duration::from_secs(600)),

@@ -1,11 +1,16 @@
 //! What one store holds: the guest's WASI view of the world (empty unless
 //! granted), the HTTP context with the outbound policy, and the memory limiter.
+//!
+//! A store can outlive one invocation (the sync lane keeps a warm instance,
+//! and `--instance-reuse` lets it serve several calls), so the invocation id
+//! its output and logs carry is a shared cell set at the start of each call.
 
 use super::guest_output::{GuestOutput, HostStream};
 use super::outbound::OutboundPolicy;
-use crate::config::GuestGrants;
+use crate::config::{GuestGrants, Origin};
 use crate::invocation::InvocationId;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -14,28 +19,45 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// Most table elements an instance may grow to; Rust guests use a few hundred.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// The id of the invocation a store is running, shared with its output
+/// streams and outbound policy.
+#[derive(Clone, Default)]
+pub struct CurrentInvocation(Arc<AtomicU64>);
+
+impl CurrentInvocation {
+    /// The id of the invocation now running.
+    pub fn get(&self) -> InvocationId {
+        InvocationId::from_u64(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, id: InvocationId) {
+        self.0.store(id.to_u64(), Ordering::Relaxed);
+    }
+}
+
 /// The `T` of every `Store<T>` fnhost creates.
 pub struct StoreState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: OutboundPolicy,
+    invocation: CurrentInvocation,
     /// Enforces `--max-memory` and remembers whether the guest hit it.
     pub limiter: MemoryLimiter,
 }
 
 impl StoreState {
-    /// The state for invocation `id`, granting exactly `grants`.
+    /// A store state granting exactly `grants`.
     pub fn new(
-        id: InvocationId,
         grants: &GuestGrants,
-        allowed_outbound: Arc<[crate::config::Origin]>,
+        allowed_outbound: Arc<[Origin]>,
         max_memory: u64,
         timeout: Duration,
     ) -> wasmtime::Result<Self> {
+        let invocation = CurrentInvocation::default();
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(GuestOutput::new(id, HostStream::Stdout))
-            .stderr(GuestOutput::new(id, HostStream::Stderr))
+        wasi.stdout(GuestOutput::new(invocation.clone(), HostStream::Stdout))
+            .stderr(GuestOutput::new(invocation.clone(), HostStream::Stderr))
             .envs(&grants.env)
             // Sockets and name lookups stay off: outbound HTTP goes through
             // wasi:http and its allow-list, nothing else leaves the sandbox.
@@ -49,9 +71,16 @@ impl StoreState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound: OutboundPolicy::new(id, allowed_outbound, timeout),
+            outbound: OutboundPolicy::new(invocation.clone(), allowed_outbound, timeout),
+            invocation,
             limiter: MemoryLimiter::new(max_memory),
         })
+    }
+
+    /// Marks the start of invocation `id` on this store.
+    pub fn begin(&mut self, id: InvocationId) {
+        self.invocation.set(id);
+        self.limiter.exceeded = false;
     }
 }
 

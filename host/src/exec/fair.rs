@@ -1,0 +1,170 @@
+//! Making a guest's yield a real yield.
+//!
+//! wasmtime yields a guest that used up its fuel slice by waking its own task
+//! and returning `Pending`. tokio puts a task woken from inside its own poll
+//! into the worker's LIFO slot and runs it again at once, so the "yield"
+//! hands the thread to nobody (wasmtime #10667); and tokio polls its I/O
+//! driver only every 61 scheduler ticks, so new connections wait behind busy
+//! guests. [`Fair`] catches that self-wake and replaces it with
+//! [`tokio::task::yield_now`], which defers the wake until the worker has run
+//! other ready tasks and polled the I/O driver.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// Wraps a guest future so its yields let other tasks and the network run.
+pub struct Fair<F> {
+    inner: Pin<Box<F>>,
+    detector: Arc<SelfWakeDetector>,
+    detector_waker: Waker,
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<F: Future> Fair<F> {
+    /// Wraps `inner`.
+    pub fn new(inner: F) -> Self {
+        let detector = Arc::new(SelfWakeDetector::default());
+        Self {
+            inner: Box::pin(inner),
+            detector_waker: Waker::from(detector.clone()),
+            detector,
+            yielding: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Fair<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Some(yielding) = this.yielding.as_mut() {
+            if yielding.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.yielding = None;
+        }
+        this.detector.set_task_waker(cx.waker());
+        this.detector.in_poll.store(true, Ordering::SeqCst);
+        let mut inner_cx = Context::from_waker(&this.detector_waker);
+        let result = this.inner.as_mut().poll(&mut inner_cx);
+        this.detector.in_poll.store(false, Ordering::SeqCst);
+        let woke_itself = this.detector.self_woken.swap(false, Ordering::SeqCst);
+        match result {
+            Poll::Ready(output) => Poll::Ready(output),
+            Poll::Pending if woke_itself => {
+                let mut yielding: Pin<Box<dyn Future<Output = ()> + Send>> =
+                    Box::pin(tokio::task::yield_now());
+                // The first poll of `yield_now` registers the deferred wake.
+                if yielding.as_mut().poll(cx).is_pending() {
+                    this.yielding = Some(yielding);
+                    Poll::Pending
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The waker the guest future sees: wakes during its own poll are recorded
+/// (they are yields), wakes at any other time go to the task.
+#[derive(Default)]
+struct SelfWakeDetector {
+    in_poll: AtomicBool,
+    self_woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl SelfWakeDetector {
+    fn set_task_waker(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|current| current.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for SelfWakeDetector {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.in_poll.load(Ordering::SeqCst) {
+            // A wake from another thread can land here too; the yield that
+            // follows reschedules the task, so it is not lost.
+            self.self_woken.store(true, Ordering::SeqCst);
+        } else if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A future that yields `n` times the way wasmtime does, then finishes.
+    struct SelfWaking(usize);
+
+    impl Future for SelfWaking {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                return Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// Runs a guest-like future that yields ten times next to a task that
+    /// counts, both on one worker thread; returns how far the counter got
+    /// while the guest was still running.
+    async fn progress_during_guest(wrap: bool) -> usize {
+        let progress = Arc::new(AtomicUsize::new(0));
+        let counter = progress.clone();
+        let guest_done = Arc::new(AtomicBool::new(false));
+        let done = guest_done.clone();
+        let other = tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let observer = progress.clone();
+        let guest = async move {
+            for _ in 0..10 {
+                SelfWaking(1).await;
+            }
+            let seen = observer.load(Ordering::SeqCst);
+            guest_done.store(true, Ordering::SeqCst);
+            seen
+        };
+        let seen = if wrap {
+            tokio::spawn(Fair::new(guest)).await.unwrap()
+        } else {
+            tokio::spawn(guest).await.unwrap()
+        };
+        other.await.unwrap();
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_yielding_guest_lets_another_task_run_between_its_yields() {
+        let with_fair = progress_during_guest(true).await;
+        let without = progress_during_guest(false).await;
+        assert!(
+            with_fair >= 9,
+            "the other task ran {with_fair} times during 10 guest yields (without Fair: {without})"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The sync lane: a bounded pool of OS threads calling guests with
+//! wasmtime's synchronous API, like Python's `ThreadPoolExecutor` for sync
+//! functions in Azure Functions.
+//!
+//! - `--threads` threads, each keeping one warm, pre-created instance, so a
+//!   call starts without instantiation on its path.
+//! - A bounded queue (`--queue-depth`) in front; when it is full the call is
+//!   refused at once with 503 `capacity` and `Retry-After`.
+//! - A started blocking call cannot be cancelled from outside (tokio's
+//!   `spawn_blocking` has the same rule), so the deadline lives in the guest:
+//!   an epoch deadline traps it within one tick of `--timeout`. A guest
+//!   blocked inside a host call (a long timer) is not at a wasm instruction,
+//!   so the caller also stops waiting at the deadline and answers 504; the
+//!   thread comes back when the host call returns and the trap fires.
+//! - `--instance-reuse N` lets an instance serve up to N calls (for guests
+//!   that keep caches in globals); what one call leaves in memory is then
+//!   seen by the next, so the default is 1. A trapped instance is always
+//!   dropped.
+
+use super::state::StoreState;
+use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use crate::component::one_line;
+use crate::config::Origin;
+use crate::engine::EPOCH_TICK;
+use crate::invocation::{
+    Body, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
+};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::sync::{Proxy, ProxyPre};
+
+/// How long past the deadline the caller waits for a sync-lane thread to
+/// report before answering 504 itself (the guest traps within one epoch tick
+/// unless it is blocked in a host call).
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
+/// One call waiting for a thread.
+struct Job {
+    id: InvocationId,
+    request: http::Request<Body>,
+    deadline: Instant,
+    respond: oneshot::Sender<DispatchResult>,
+}
+
+/// The sync lane's entry point: a queue in front of the thread pool.
+pub struct SyncLane {
+    queue: SyncSender<Job>,
+    depth: usize,
+    timeout: Duration,
+}
+
+impl SyncLane {
+    /// Starts `--threads` threads serving `pre`. Their host calls that need
+    /// async I/O (body streams, timers, outbound HTTP) run on `runtime`.
+    pub fn start(
+        pre: ProxyPre<StoreState>,
+        settings: ExecSettings,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let depth = settings.execution.queue_depth;
+        let timeout = settings.limits.timeout;
+        let (queue, jobs) = sync_channel(depth);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let shared = Arc::new(Worker {
+            outbound: settings.grants.outbound.clone().into(),
+            pre,
+            settings,
+        });
+        for index in 0..shared.settings.execution.threads {
+            let worker = shared.clone();
+            let jobs = jobs.clone();
+            let runtime = runtime.clone();
+            std::thread::Builder::new()
+                .name(format!("fnhost-sync-{index}"))
+                .spawn(move || {
+                    let _entered = runtime.enter();
+                    worker.serve(&jobs);
+                })
+                .expect("spawning a sync-lane thread");
+        }
+        Self {
+            queue,
+            depth,
+            timeout,
+        }
+    }
+}
+
+impl Dispatch for SyncLane {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let (respond, answer) = oneshot::channel();
+        let job = Job {
+            id: invocation.id,
+            request: invocation.request,
+            deadline: Instant::now() + self.timeout,
+            respond,
+        };
+        let refused = match self.queue.try_send(job) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some(format!(
+                "the sync lane's queue is full ({} calls waiting)",
+                self.depth
+            )),
+            Err(TrySendError::Disconnected(_)) => Some("the sync lane has stopped".to_string()),
+        };
+        let timeout = self.timeout;
+        Box::pin(async move {
+            if let Some(reason) = refused {
+                return Err(InvocationError::new(FailureKind::Capacity, reason));
+            }
+            match tokio::time::timeout(timeout + DEADLINE_SLACK, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(InvocationError::new(
+                    FailureKind::Trap,
+                    "the sync-lane thread ended without answering",
+                )),
+                Err(_) => Err(InvocationError::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "ran past its {} ms timeout (blocked in a host call)",
+                        timeout.as_millis()
+                    ),
+                )),
+            }
+        })
+    }
+}
+
+/// What every sync-lane thread shares.
+struct Worker {
+    pre: ProxyPre<StoreState>,
+    settings: ExecSettings,
+    outbound: Arc<[Origin]>,
+}
+
+/// A pre-created instance and the calls it has served.
+struct Warm {
+    store: Store<StoreState>,
+    proxy: Proxy,
+    calls: u32,
+}
+
+impl Worker {
+    /// The thread's loop: keep an instance warm, take a job, run it.
+    fn serve(&self, jobs: &Mutex<Receiver<Job>>) {
+        let mut warm: Option<Warm> = None;
+        loop {
+            if warm.is_none() {
+                match self.prepare() {
+                    Ok(instance) => warm = Some(instance),
+                    Err(error) => tracing::warn!("cannot pre-create an instance: {error}"),
+                }
+            }
+            let job = {
+                let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            };
+            if job.respond.is_closed() {
+                continue;
+            }
+            if Instant::now() >= job.deadline {
+                let _ = job.respond.send(Err(InvocationError::new(
+                    FailureKind::Timeout,
+                    "timed out waiting in the sync lane's queue",
+                )));
+                continue;
+            }
+            let instance = match warm.take().map_or_else(|| self.prepare(), Ok) {
+                Ok(instance) => instance,
+                Err(error) => {
+                    let _ = job.respond.send(Err(error));
+                    continue;
+                }
+            };
+            warm = self.run(instance, job);
+        }
+    }
+
+    /// A new store and instance, ready for a call.
+    fn prepare(&self) -> Result<Warm, InvocationError> {
+        let state = new_state(&self.settings, &self.outbound)?;
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Instantiation runs guest start code: it gets a full deadline too.
+        store.set_epoch_deadline(ticks(self.settings.limits.timeout));
+        if let Some(budget) = self.settings.execution.max_fuel {
+            store
+                .set_fuel(budget)
+                .map_err(|e| InvocationError::new(FailureKind::Trap, one_line(&e)))?;
+        }
+        let proxy = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&e, store.data().limiter.exceeded()))?;
+        Ok(Warm {
+            store,
+            proxy,
+            calls: 0,
+        })
+    }
+
+    /// Runs one job on `instance`; returns the instance if it may serve again.
+    fn run(&self, mut instance: Warm, job: Job) -> Option<Warm> {
+        let Job {
+            id,
+            request,
+            deadline,
+            respond,
+        } = job;
+        let store = &mut instance.store;
+        store.data_mut().begin(id);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        store.set_epoch_deadline(ticks(remaining));
+        if let Some(budget) = self.settings.execution.max_fuel
+            && let Err(error) = store.set_fuel(budget)
+        {
+            let _ = respond.send(Err(InvocationError::new(
+                FailureKind::Trap,
+                one_line(&error),
+            )));
+            return None;
+        }
+
+        // The response head goes to the caller as soon as the guest sets it;
+        // the guest may keep writing the body on this thread afterwards.
+        let respond = Arc::new(Mutex::new(Some(respond)));
+        let request = request.map(|body| body.map_err(body_error_to_wasi));
+        let resources = {
+            let mut http = store.data_mut().http();
+            let incoming = http.new_incoming_request(Scheme::Http, request);
+            let sender = respond.clone();
+            let outparam = http.new_response_outparam_from_callback(move |response| {
+                if let Some(respond) = take(&sender) {
+                    let _ = respond.send(match response {
+                        Ok(response) => Ok(host_response(response)),
+                        Err(code) => Err(InvocationError::new(
+                            FailureKind::Trap,
+                            format!("the guest answered with error code {code:?}"),
+                        )),
+                    });
+                }
+            });
+            incoming.and_then(|incoming| Ok((incoming, outparam?)))
+        };
+        let (incoming, outparam) = match resources {
+            Ok(resources) => resources,
+            Err(error) => {
+                if let Some(respond) = take(&respond) {
+                    let _ = respond.send(Err(InvocationError::new(
+                        FailureKind::Trap,
+                        one_line(&error),
+                    )));
+                }
+                return None;
+            }
+        };
+
+        let result = instance
+            .proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut instance.store, incoming, outparam);
+        instance.calls += 1;
+        match result {
+            Ok(()) => {
+                if let Some(respond) = take(&respond) {
+                    let _ = respond.send(Err(InvocationError::new(
+                        FailureKind::Trap,
+                        "the guest returned without setting a response",
+                    )));
+                }
+                (instance.calls < self.settings.execution.instance_reuse).then_some(instance)
+            }
+            Err(error) => {
+                let failure = classify(&error, instance.store.data().limiter.exceeded());
+                match take(&respond) {
+                    Some(respond) => {
+                        let _ = respond.send(Err(failure));
+                    }
+                    None => tracing::warn!(
+                        "[{id}] invocation failed after its response started: {}: {}",
+                        failure.kind,
+                        failure.detail
+                    ),
+                }
+                // A trapped instance is never used again.
+                None
+            }
+        }
+    }
+}
+
+fn take(slot: &Mutex<Option<oneshot::Sender<DispatchResult>>>) -> Option<oneshot::Sender<DispatchResult>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Epoch ticks covering `duration`, rounded up, at least one.
+fn ticks(duration: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    u64::try_from(duration.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks() {
+        assert_eq!(ticks(Duration::ZERO), 1);
+        assert_eq!(ticks(EPOCH_TICK), 1);
+        assert_eq!(ticks(EPOCH_TICK + Duration::from_nanos(1)), 2);
+        assert_eq!(ticks(Duration::from_secs(30)), 3000);
+    }
+}
