@@ -108,8 +108,7 @@ impl HostBuilder {
                 });
             }
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
         let file = component::read(&path)?;
         let lane = self.config.execution.mode.resolve(file.lane_marker);
         let (engine, allocator) = engine::build_engine(&EngineSettings {
@@ -122,20 +121,20 @@ impl HostBuilder {
         if lane == Lane::Sync {
             engine::start_epoch_ticker(&engine);
         }
-        let cache = self
-            .config
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| match CompileCache::open(dir) {
-                Ok(cache) => Some(cache),
-                Err(error) => {
-                    tracing::warn!(
-                        "compile cache disabled: cannot open {}: {error}",
-                        dir.display()
-                    );
-                    None
-                }
-            });
+        let cache =
+            self.config
+                .cache_dir
+                .as_deref()
+                .and_then(|dir| match CompileCache::open(dir) {
+                    Ok(cache) => Some(cache),
+                    Err(error) => {
+                        tracing::warn!(
+                            "compile cache disabled: cannot open {}: {error}",
+                            dir.display()
+                        );
+                        None
+                    }
+                });
         let loaded = component::compile(&engine, file, cache.as_ref())?;
         let settings = exec::ExecSettings {
             limits: self.config.invocation.clone(),

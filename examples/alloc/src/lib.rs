@@ -13,7 +13,10 @@ fn alloc(request: Request) -> impl IntoResponse {
         None => 1,
         Some(Ok(mb)) if mb <= 4096 => mb,
         Some(_) => {
-            return (StatusCode::BAD_REQUEST, "?mb= must be a whole number up to 4096\n")
+            return (
+                StatusCode::BAD_REQUEST,
+                "?mb= must be a whole number up to 4096\n",
+            )
                 .into_response();
         }
     };
@@ -23,7 +26,7 @@ fn alloc(request: Request) -> impl IntoResponse {
         page[0] = 1;
     }
     let touched: usize = block.iter().step_by(4096).map(|&b| b as usize).sum();
-    format!("touched {} MiB\n", touched * 4096 >> 20).into_response()
+    format!("touched {} MiB\n", (touched * 4096) >> 20).into_response()
 }
 
 fnhost_sdk::http_handler!(alloc);

@@ -28,7 +28,10 @@ async fn fanout(request: Request) -> impl IntoResponse {
         let url = url.clone();
         async move {
             let upstream = http::Request::get(url.as_str()).body(Vec::new()).ok()?;
-            outbound::fetch(upstream).await.ok().map(|r| r.status().as_u16())
+            outbound::fetch(upstream)
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
         }
     });
     let statuses: Vec<u16> = task::join_all(requests)

@@ -41,7 +41,12 @@ pub struct ServeCommand {
     timeout: Duration,
 
     /// Execution lane: auto reads the component's marker (async without one).
-    #[arg(long, env = "FNHOST_MODE", default_value = "auto", value_name = "auto|async|sync")]
+    #[arg(
+        long,
+        env = "FNHOST_MODE",
+        default_value = "auto",
+        value_name = "auto|async|sync"
+    )]
     mode: Mode,
 
     /// Fuel units between yield points in the async lane (about 1 unit per wasm instruction).
@@ -115,10 +120,11 @@ impl ServeCommand {
                     yield_fuel: self.yield_fuel,
                     max_fuel: self.max_fuel,
                     threads,
-                    queue_depth: self.queue_depth.map_or(
-                        threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
-                        |depth| depth as usize,
-                    ),
+                    queue_depth: self
+                        .queue_depth
+                        .map_or(threads * DEFAULT_QUEUE_DEPTH_PER_THREAD, |depth| {
+                            depth as usize
+                        }),
                     instance_reuse: self.instance_reuse,
                 }
             },
@@ -201,7 +207,9 @@ fn parse_threads(text: &str) -> Result<usize, String> {
     }
     match text.parse::<usize>() {
         Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
-        _ => Err(format!("`{text}` is not a thread count from 1 to {MAX_THREADS} or auto")),
+        _ => Err(format!(
+            "`{text}` is not a thread count from 1 to {MAX_THREADS} or auto"
+        )),
     }
 }
 

@@ -84,7 +84,10 @@ struct SelfWakeDetector {
 impl SelfWakeDetector {
     fn set_task_waker(&self, waker: &Waker) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if !task.as_ref().is_some_and(|current| current.will_wake(waker)) {
+        if !task
+            .as_ref()
+            .is_some_and(|current| current.will_wake(waker))
+        {
             *task = Some(waker.clone());
         }
     }

@@ -108,7 +108,10 @@ pub fn link(
 }
 
 /// A fresh store state for `settings`.
-fn new_state(settings: &ExecSettings, outbound: &Arc<[Origin]>) -> Result<StoreState, InvocationError> {
+fn new_state(
+    settings: &ExecSettings,
+    outbound: &Arc<[Origin]>,
+) -> Result<StoreState, InvocationError> {
     StoreState::new(
         &settings.grants,
         outbound.clone(),

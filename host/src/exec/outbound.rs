@@ -4,8 +4,8 @@
 //! wasmtime-wasi-http's default sender accepts any destination and lets a
 //! guest ask for 600 s timeouts; these hooks sit in front of it.
 
-use crate::config::Origin;
 use super::state::CurrentInvocation;
+use crate::config::Origin;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,8 +85,11 @@ mod tests {
 
     #[test]
     fn guest_timeouts_are_capped() {
-        let policy =
-            OutboundPolicy::new(CurrentInvocation::default(), Arc::from([]), Duration::from_secs(30));
+        let policy = OutboundPolicy::new(
+            CurrentInvocation::default(),
+            Arc::from([]),
+            Duration::from_secs(30),
+        );
         let asked = RequestOptions {
             connect_timeout: Some(Duration::from_secs(600)),
             first_byte_timeout: Some(Duration::from_secs(600)),

@@ -269,10 +269,11 @@ impl Worker {
             }
         };
 
-        let result = instance
-            .proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut instance.store, incoming, outparam);
+        let result = instance.proxy.wasi_http_incoming_handler().call_handle(
+            &mut instance.store,
+            incoming,
+            outparam,
+        );
         instance.calls += 1;
         match result {
             Ok(()) => {
@@ -303,14 +304,18 @@ impl Worker {
     }
 }
 
-fn take(slot: &Mutex<Option<oneshot::Sender<DispatchResult>>>) -> Option<oneshot::Sender<DispatchResult>> {
+fn take(
+    slot: &Mutex<Option<oneshot::Sender<DispatchResult>>>,
+) -> Option<oneshot::Sender<DispatchResult>> {
     slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Epoch ticks covering `duration`, rounded up, at least one.
 fn ticks(duration: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
-    u64::try_from(duration.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 #[cfg(test)]

@@ -1,0 +1,246 @@
+//! The execution lanes: fairness in the async lane, the sync lane's thread
+//! pool and queue, limits in both lanes, concurrent I/O.
+
+use crate::support::{Server, client, example, invocation_id};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Runs `count` GETs of `url` at once (one thread each, released together,
+/// one shared connection pool); returns (status, latency) per request and
+/// the time from the release until the last one finished.
+fn concurrent(url: &str, count: usize) -> (Vec<(u16, Duration)>, Duration) {
+    let http = client();
+    let barrier = Arc::new(Barrier::new(count + 1));
+    let handles: Vec<_> = (0..count)
+        .map(|_| {
+            let (url, http, barrier) = (url.to_string(), http.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let sent = Instant::now();
+                let status = http.get(&url).send().map_or(0, |r| r.status().as_u16());
+                (status, sent.elapsed())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let results = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    (results, started.elapsed())
+}
+
+#[test]
+fn the_lane_comes_from_the_marker_unless_mode_overrides_it() {
+    let sync = Server::start(&example("hello"), &[]);
+    sync.wait_for_log(
+        "sync lane (from the component's marker)",
+        Duration::from_secs(5),
+    );
+    let forced = Server::start(&example("hello"), &["--mode", "async"]);
+    forced.wait_for_log("async lane (from --mode)", Duration::from_secs(5));
+    assert_eq!(client().get(forced.url("/")).send().unwrap().status(), 200);
+}
+
+/// Two guests spin 3 s without ever waiting, on this 2-core machine, while
+/// light requests keep coming. Without real yields (wasmtime serve here)
+/// no light request completes in that window. The bound: a light request
+/// waits for at most a few fuel slices of each hog (100k fuel is well under
+/// a millisecond even in this debug build) plus its own work; 250 ms leaves
+/// room for a loaded CI machine and is still 12x shorter than the hogs.
+#[test]
+fn spinning_guests_in_the_async_lane_do_not_starve_light_requests() {
+    let server = Server::start(&example("hog"), &[]);
+    let hog_url = server.url("/?ms=3000");
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let url = hog_url.clone();
+            std::thread::spawn(move || client().get(&url).send().unwrap().status().as_u16())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let http = client();
+    let mut latencies = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(2) {
+        let sent = Instant::now();
+        let response = http.get(server.url("/?ms=0")).send().unwrap();
+        assert_eq!(response.status(), 200);
+        latencies.push(sent.elapsed());
+    }
+    for hog in hogs {
+        assert_eq!(hog.join().unwrap(), 200);
+    }
+    latencies.sort();
+    let worst = *latencies.last().unwrap();
+    assert!(
+        latencies.len() >= 20,
+        "only {} light requests in 2 s",
+        latencies.len()
+    );
+    assert!(
+        worst < Duration::from_millis(250),
+        "slowest light request took {worst:?} ({} requests)",
+        latencies.len()
+    );
+}
+
+#[test]
+fn the_sync_lane_runs_as_many_calls_at_once_as_it_has_threads() {
+    let server = Server::start(&example("sleep"), &["--mode", "sync", "--threads", "2"]);
+    let (results, elapsed) = concurrent(&server.url("/?ms=200"), 4);
+    assert!(
+        results.iter().all(|(status, _)| *status == 200),
+        "{results:?}"
+    );
+    // Two rounds of two: about 400 ms, clearly not 200 (four threads) or 800 (one).
+    assert!(
+        elapsed >= Duration::from_millis(380) && elapsed < Duration::from_millis(750),
+        "four 200 ms calls on two threads took {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_full_sync_queue_answers_503_with_retry_after() {
+    let server = Server::start(
+        &example("sleep"),
+        &["--mode", "sync", "--threads", "1", "--queue-depth", "1"],
+    );
+    let url = server.url("/?ms=600");
+    // One call runs, one waits, the third finds the queue full.
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            let handle = std::thread::spawn(move || client().get(&url).send().unwrap().status());
+            std::thread::sleep(Duration::from_millis(100));
+            handle
+        })
+        .collect();
+    let refused = client().get(&url).send().unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["fnhost-error"], "capacity");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    invocation_id(&refused);
+    for handle in running {
+        assert_eq!(handle.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn a_sync_guest_past_its_timeout_is_trapped_and_the_next_call_succeeds() {
+    let server = Server::start(&example("hog"), &["--mode", "sync", "--timeout", "500ms"]);
+    let started = Instant::now();
+    let response = client().get(server.url("/?ms=5000")).send().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()["fnhost-error"], "timeout");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+    let next = client().get(server.url("/?ms=1")).send().unwrap();
+    assert_eq!(next.status(), 200);
+}
+
+#[test]
+fn a_cpu_budget_ends_a_long_computation_with_504() {
+    let server = Server::start(&example("cpu"), &["--max-fuel", "5000000"]);
+    let within = client().get(server.url("/?n=1000")).send().unwrap();
+    assert_eq!(within.status(), 200);
+    let over = client().get(server.url("/?n=100000000")).send().unwrap();
+    assert_eq!(over.status(), 504);
+    assert_eq!(over.headers()["fnhost-error"], "timeout");
+}
+
+#[test]
+fn a_memory_bomb_gets_500_memory_in_both_lanes() {
+    for mode in ["sync", "async"] {
+        let server = Server::start(
+            &example("alloc"),
+            &["--mode", mode, "--max-memory", "64MiB"],
+        );
+        let bomb = client().get(server.url("/?mb=512")).send().unwrap();
+        assert_eq!(bomb.status(), 500, "{mode}");
+        assert_eq!(bomb.headers()["fnhost-error"], "memory", "{mode}");
+        let fine = client().get(server.url("/?mb=16")).send().unwrap();
+        assert_eq!(fine.status(), 200, "{mode}");
+        assert_eq!(fine.text().unwrap(), "touched 16 MiB\n");
+    }
+}
+
+#[test]
+fn five_hundred_concurrent_sleeps_in_the_async_lane_take_about_one_sleep() {
+    let server = Server::start(&example("sleep"), &[]);
+    let (results, elapsed) = concurrent(&server.url("/?ms=100"), 500);
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "500 concurrent 100 ms sleeps took {elapsed:?}"
+    );
+}
+
+/// An upstream that answers every request after `delay`, one thread per connection.
+fn slow_upstream(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn fanout_sends_its_ten_requests_concurrently() {
+    let upstream = slow_upstream(Duration::from_millis(300));
+    let url = format!("http://{upstream}/");
+    let origin = format!("http://{upstream}");
+    let server = Server::start(
+        &example("fanout"),
+        &[
+            "--env",
+            &format!("FANOUT_URL={url}"),
+            "--allow-outbound",
+            &origin,
+        ],
+    );
+    let started = Instant::now();
+    let response = client().get(server.url("/")).send().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().unwrap(),
+        format!("[{}]", ["200"; 10].join(","))
+    );
+    // Ten serial requests would take 3 s.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1000),
+        "fanout of ten 300 ms requests took {elapsed:?}"
+    );
+}
