@@ -165,10 +165,14 @@ class Server:
 class ServerKind:
     """How to start one kind of server for a guest."""
 
-    def __init__(self, name, start, path):
+    def __init__(self, name, start, path, only=None):
         self.name = name
         self._start = start  # (guest, port, extra) -> argv
         self._path = path  # (guest) -> URL path prefix
+        self.only = only  # scenarios this server takes part in (None: all)
+
+    def runs(self, scenario):
+        return self.only is None or scenario in self.only
 
     def start(self, guest, pin=None, extra=None):
         port = free_port()
@@ -183,10 +187,15 @@ class ServerKind:
 def server_kinds(fnhost, native, wasmtime, quick):
     fnhost_cache = CACHE / "fnhost-compile-cache"
 
-    def fnhost_argv(guest, port, extra):
+    def fnhost_argv(guest, port, extra, mode=None):
         argv = [str(fnhost), "serve", "--listen", f"127.0.0.1:{port}", "--timeout", "60s",
                 "--cache-dir", str(extra.get("cache_dir", fnhost_cache))]
+        if mode:
+            argv += ["--mode", mode]
         return [*argv, str(EXAMPLES / f"{guest}.wasm")]
+
+    def fnhost_async_argv(guest, port, extra):
+        return fnhost_argv(guest, port, extra, mode="async")
 
     def wasm_path(guest, ready):
         return "/?ms=0" if guest == "hog" else ("/?ms=1" if guest == "sleep" and ready else "/")
@@ -195,7 +204,14 @@ def server_kinds(fnhost, native, wasmtime, quick):
         return {"hello": "/", "cpu": "/cpu", "sleep": "/sleep?ms=1" if ready else "/sleep",
                 "hog": "/hog?ms=0"}[guest]
 
-    kinds = [ServerKind("fnhost", fnhost_argv, wasm_path)]
+    # fnhost runs each guest in the lane its marker asks for (hello and cpu:
+    # sync; sleep and hog: async); "fnhost-async" forces the async lane where
+    # that differs, which also measures the cost of fuel metering on cpu.
+    kinds = [
+        ServerKind("fnhost", fnhost_argv, wasm_path),
+        ServerKind("fnhost-async", fnhost_async_argv, wasm_path,
+                   only={"hello-pinned", "hello", "cpu"}),
+    ]
     if quick:
         return kinds
 
@@ -492,13 +508,16 @@ def main():
     kinds = server_kinds(fnhost, native, wasmtime, args.quick)
     if args.servers:
         chosen = args.servers.split(",")
+        unknown_servers = [c for c in chosen if c not in {k.name for k in kinds}]
+        if unknown_servers:
+            parser.error(f"unknown server(s): {', '.join(unknown_servers)}")
         kinds = [k for k in kinds if k.name in chosen]
     depth = {"load_s": args.duration, "cold_runs": 2 if args.quick else 5}
 
-    raw = {s: {k.name: [] for k in kinds} for s in scenarios}
+    raw = {s: {k.name: [] for k in kinds if k.runs(s)} for s in scenarios}
     for round_number in range(1, args.rounds + 1):
         for scenario in scenarios:
-            for kind in kinds:  # alternate servers within every round
+            for kind in [k for k in kinds if k.runs(scenario)]:  # alternate servers
                 log(f"round {round_number}/{args.rounds}: {scenario} on {kind.name}")
                 sample = SCENARIOS[scenario](kind, depth)
                 log(f"  {json.dumps(sample)}")

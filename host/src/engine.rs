@@ -7,7 +7,7 @@
 use crate::config::Lane;
 use std::thread;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch ticker advances the engine's epoch: the resolution of
 /// the sync lane's deadlines (a sync guest past `--timeout` traps within one
@@ -30,7 +30,7 @@ const POOL_MEMORIES: u32 = 2 * POOL_COMPONENT_INSTANCES;
 /// rather than returned with `madvise`) when an instance is released. Most
 /// handlers touch less than this, so a fresh instance per request reuses
 /// warm pages instead of faulting them in again.
-const POOL_MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+const POOL_MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 /// Same idea for tables and async stacks.
 const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
@@ -128,7 +128,8 @@ fn pooling_config(max_memory: u64) -> PoolingAllocationConfig {
         .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT)
         .table_keep_resident(POOL_TABLE_KEEP_RESIDENT)
-        .async_stack_keep_resident(POOL_TABLE_KEEP_RESIDENT);
+        .async_stack_keep_resident(POOL_TABLE_KEEP_RESIDENT)
+        .pagemap_scan(Enabled::Auto);
     pool
 }
 
