@@ -22,9 +22,9 @@ pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
 /// Default time in-flight requests get to finish on shutdown (`--grace`).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Default fuel between yield points in the async lane (`--yield-fuel`):
-/// about 100 µs of guest work on the benchmark machine; see
+/// about 170 µs of guest work on the benchmark machine; see
 /// docs/performance.md for the measurement that chose it.
-pub const DEFAULT_YIELD_FUEL: u64 = 100_000;
+pub const DEFAULT_YIELD_FUEL: u64 = 1_000_000;
 /// Default depth of the sync lane's queue (`--queue-depth`), per thread.
 pub const DEFAULT_QUEUE_DEPTH_PER_THREAD: usize = 64;
 /// Most threads the sync lane may have (`--threads`).

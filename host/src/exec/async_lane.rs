@@ -5,7 +5,7 @@
 //! the whole invocation: the yields let it fire, and dropping the future
 //! drops the store mid-call.
 
-use super::fair::Fair;
+use super::fair::{Fair, FairShare};
 use super::state::StoreState;
 use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
 use crate::component::one_line;
@@ -32,6 +32,7 @@ struct Inner {
     pre: ProxyPre<StoreState>,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
+    share: FairShare,
 }
 
 impl AsyncLane {
@@ -42,6 +43,7 @@ impl AsyncLane {
                 pre,
                 outbound: settings.grants.outbound.clone().into(),
                 settings,
+                share: FairShare::for_workers(tokio_workers()),
             }),
         }
     }
@@ -98,14 +100,18 @@ impl Inner {
         // body after the head has been handed to the trigger.
         let timeout = self.settings.limits.timeout;
         let pre = self.pre.clone();
+        let share = self.share.clone();
         let guest = tokio::spawn(async move {
-            let call = Fair::new(async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await
-            });
+            let call = Fair::new(
+                async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                },
+                share,
+            );
             let outcome = match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => Err(classify(&error, store.data().limiter.exceeded())),
@@ -145,4 +151,12 @@ impl Inner {
             },
         }
     }
+}
+
+/// Worker threads of the current tokio runtime (the multi-thread runtime
+/// fnhost builds has one per core).
+fn tokio_workers() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|handle| handle.metrics().num_workers())
+        .unwrap_or(1)
 }

@@ -8,12 +8,43 @@
 //! guests. [`Fair`] catches that self-wake and replaces it with
 //! [`tokio::task::yield_now`], which defers the wake until the worker has run
 //! other ready tasks and polled the I/O driver.
+//!
+//! Yielding alone shares a worker thread between a spinning guest and
+//! everything else, but with as many spinning guests as cores, every worker
+//! still spends most of its time in guests. So, like an operating system's
+//! multi-level feedback queue, an invocation that has run for more than
+//! [`LONG_RUNNING_AFTER`] of guest time becomes *long-running*: from then on
+//! it must hold one of a few [`FairShare`] permits while it runs a slice.
+//! There are one fewer permits than worker threads, so at least one worker
+//! is always free for short requests, however many guests spin.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Guest time after which an invocation counts as long-running.
+pub const LONG_RUNNING_AFTER: Duration = Duration::from_millis(10);
+
+/// The slices long-running invocations may run at once, shared by a lane.
+#[derive(Clone)]
+pub struct FairShare {
+    permits: Arc<Semaphore>,
+}
+
+impl FairShare {
+    /// Room for `workers - 1` long-running slices at once (at least one).
+    pub fn for_workers(workers: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(workers.saturating_sub(1).max(1))),
+        }
+    }
+}
+
+type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
 /// Wraps a guest future so its yields let other tasks and the network run.
 pub struct Fair<F> {
@@ -21,17 +52,23 @@ pub struct Fair<F> {
     detector: Arc<SelfWakeDetector>,
     detector_waker: Waker,
     yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    share: FairShare,
+    guest_time: Duration,
+    acquiring: Option<PermitFuture>,
 }
 
 impl<F: Future> Fair<F> {
-    /// Wraps `inner`.
-    pub fn new(inner: F) -> Self {
+    /// Wraps `inner`; once long-running, it takes turns on `share`.
+    pub fn new(inner: F, share: FairShare) -> Self {
         let detector = Arc::new(SelfWakeDetector::default());
         Self {
             inner: Box::pin(inner),
             detector_waker: Waker::from(detector.clone()),
             detector,
             yielding: None,
+            share,
+            guest_time: Duration::ZERO,
+            acquiring: None,
         }
     }
 }
@@ -47,10 +84,29 @@ impl<F: Future> Future for Fair<F> {
             }
             this.yielding = None;
         }
+        // A long-running invocation runs a slice only with a permit, held
+        // for that slice alone so the long-running ones take turns.
+        let _permit = if this.guest_time >= LONG_RUNNING_AFTER {
+            let permits = this.share.permits.clone();
+            let acquiring = this
+                .acquiring
+                .get_or_insert_with(|| Box::pin(async move { permits.acquire_owned().await.ok() }));
+            match acquiring.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(permit) => {
+                    this.acquiring = None;
+                    permit
+                }
+            }
+        } else {
+            None
+        };
         this.detector.set_task_waker(cx.waker());
         this.detector.in_poll.store(true, Ordering::SeqCst);
         let mut inner_cx = Context::from_waker(&this.detector_waker);
+        let slice_started = Instant::now();
         let result = this.inner.as_mut().poll(&mut inner_cx);
+        this.guest_time += slice_started.elapsed();
         this.detector.in_poll.store(false, Ordering::SeqCst);
         let woke_itself = this.detector.self_woken.swap(false, Ordering::SeqCst);
         match result {
@@ -153,12 +209,81 @@ mod tests {
             seen
         };
         let seen = if wrap {
-            tokio::spawn(Fair::new(guest)).await.unwrap()
+            tokio::spawn(Fair::new(guest, FairShare::for_workers(1)))
+                .await
+                .unwrap()
         } else {
             tokio::spawn(guest).await.unwrap()
         };
         other.await.unwrap();
         seen
+    }
+
+    /// A guest-like future that spins 1 ms per poll, 40 times, and counts
+    /// how many such futures spin at once once past their first 15 ms
+    /// (well into the long-running phase).
+    struct Spinning {
+        slices_done: usize,
+        long_running_now: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    impl Future for Spinning {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let long = self.slices_done >= 15;
+            if long {
+                let now = self.long_running_now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            }
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(1) {
+                std::hint::spin_loop();
+            }
+            if long {
+                self.long_running_now.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.slices_done += 1;
+            if self.slices_done == 40 {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    async fn most_long_running_at_once(wrap: bool) -> usize {
+        let share = FairShare::for_workers(3);
+        let long_running_now = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let guests: Vec<_> = (0..3)
+            .map(|_| {
+                let guest = Spinning {
+                    slices_done: 0,
+                    long_running_now: long_running_now.clone(),
+                    most_at_once: most_at_once.clone(),
+                };
+                if wrap {
+                    tokio::spawn(Fair::new(guest, share.clone()))
+                } else {
+                    tokio::spawn(guest)
+                }
+            })
+            .collect();
+        for guest in guests {
+            guest.await.unwrap();
+        }
+        most_at_once.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn long_running_guests_never_hold_every_worker() {
+        let with_share = most_long_running_at_once(true).await;
+        let without = most_long_running_at_once(false).await;
+        assert!(
+            with_share <= 2,
+            "{with_share} long-running guests ran at once on 3 workers (without the share: {without})"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
