@@ -208,7 +208,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
     # sync; sleep and hog: async); "fnhost-async" forces the async lane where
     # that differs, which also measures the cost of fuel metering on cpu.
     kinds = [
-        ServerKind("fnhost", fnhost_argv, wasm_path),
+        ServerKind("fnhost", fnhost_argv, wasm_path, only=set(SCENARIOS)),
         ServerKind("fnhost-async", fnhost_async_argv, wasm_path,
                    only={"hello-pinned", "hello", "cpu"}),
     ]
@@ -226,10 +226,11 @@ def server_kinds(fnhost, native, wasmtime, quick):
     def native_argv(guest, port, extra):
         return [str(native), f"127.0.0.1:{port}"]
 
+    others = set(SCENARIOS) - {"sync-lane"}
     kinds += [
-        ServerKind("wasmtime-default", wasmtime_default, wasm_path),
-        ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path),
-        ServerKind("native", native_argv, native_path),
+        ServerKind("wasmtime-default", wasmtime_default, wasm_path, only=others),
+        ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path, only=others),
+        ServerKind("native", native_argv, native_path, only=others),
     ]
     return kinds
 
@@ -315,6 +316,26 @@ def scenario_io(kind, d):
         server.stop()
 
 
+SYNC_THREADS = 6
+SYNC_WAIT_MS = 50
+
+
+def scenario_sync_lane(kind, d):
+    """fnhost's sync lane: `sleep` forced into it with 6 threads, 64 connections.
+    Each call holds its thread, so throughput should be threads / latency."""
+    port = free_port()
+    argv = kind._start("sleep", port, {}) 
+    argv = [*argv[:-1], "--mode", "sync", "--threads", str(SYNC_THREADS), argv[-1]]
+    server = Server(kind.name, argv, port)
+    try:
+        server.wait_ready("/?ms=1")
+        result = wrk(server.url(f"/?ms={SYNC_WAIT_MS}"), 64, d["load_s"])
+        result["expected_rps"] = SYNC_THREADS * 1000 / SYNC_WAIT_MS
+        return result
+    finally:
+        server.stop()
+
+
 def scenario_fairness(kind, d):
     server = kind.start("hog")
     hog_path = kind.path("hog").replace("ms=0", f"ms={HOG_MS}")
@@ -364,6 +385,7 @@ SCENARIOS = {
     "cpu": scenario_cpu,
     "io": scenario_io,
     "fairness": scenario_fairness,
+    "sync-lane": scenario_sync_lane,
     "cold-start-cold-cache": lambda kind, d: scenario_cold_start(kind, d, warm=False),
     "cold-start-warm-cache": lambda kind, d: scenario_cold_start(kind, d, warm=True),
 }
@@ -375,6 +397,9 @@ DESCRIPTIONS = {
     "io": f"sleep {IO_WAIT_MS} ms on a host timer, `wrk -t2 -c{IO_CONNECTIONS}`; "
           f"Little's limit {IO_LIMIT:.0f} req/s",
     "fairness": f"hello (`wrk -t1 -c4 -d2s`) while two requests spin {HOG_MS / 1000:.0f} s without yielding",
+    "sync-lane": f"fnhost's sync lane: sleep {SYNC_WAIT_MS} ms with `--mode sync --threads "
+                 f"{SYNC_THREADS}`, `wrk -t1 -c64`; expected threads / latency = "
+                 f"{SYNC_THREADS * 1000 / SYNC_WAIT_MS:.0f} req/s",
     "cold-start-cold-cache": "process start to first 200, empty compile cache (median of starts)",
     "cold-start-warm-cache": "process start to first 200, warm compile cache (median of starts)",
 }
@@ -425,7 +450,8 @@ def markdown(summary, environment, args):
                 lines.append(f"| {server} | {fmt(r.get('start_ms'), 1)} |")
         else:
             extra = {"io": "of Little's limit", "fairness": "completed in 2 s",
-                     "hello": "peak RSS (MiB)"}.get(scenario)
+                     "hello": "peak RSS (MiB)",
+                     "sync-lane": "of threads / latency"}.get(scenario)
             header = "| server | req/s | p50 (ms) | p99 (ms) | errors | × native | × best wasmtime |"
             sep = "|---|---|---|---|---|---|---|"
             if extra:
@@ -443,6 +469,8 @@ def markdown(summary, environment, args):
                     row += f" {fmt(r.get('requests'))} |"
                 elif scenario == "hello":
                     row += f" {fmt(r.get('peak_rss_mib'), 1)} |"
+                elif scenario == "sync-lane":
+                    row += f" {ratio(r.get('rps'), r.get('expected_rps'))} |"
                 lines.append(row)
         lines.append("")
     lines += ["## Environment", "", "```", json.dumps(environment, indent=2), "```", ""]
