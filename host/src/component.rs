@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 
 /// The export fnhost serves HTTP requests through (any 0.2.x version).
 pub const HTTP_HANDLER_P2: &str = "wasi:http/incoming-handler@0.2";
-/// The WASIp3 HTTP export (component-model async); not served yet.
+/// The WASIp3 HTTP export (component-model async), any 0.3.x version.
 pub const HTTP_HANDLER_P3: &str = "wasi:http/handler@0.3";
 /// Name of the custom section holding the lane marker (`sync` or `async`),
 /// which `fnhost-sdk` embeds; see wit/README.md.
@@ -57,7 +57,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The component exports no handler fnhost can serve.
-    #[error("{path}: does not export `wasi:http/incoming-handler@0.2.x` (it exports: {exports})")]
+    #[error(
+        "{path}: does not export `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x` (it exports: {exports})"
+    )]
     NoHandler {
         /// The file named by the user.
         path: PathBuf,
@@ -90,6 +92,11 @@ pub enum HandlerKind {
         /// The full export name, with its version.
         export: String,
     },
+    /// `wasi:http/handler@0.3.x`, WASIp3 (component-model async).
+    HttpP3 {
+        /// The full export name, with its version.
+        export: String,
+    },
 }
 
 impl HandlerKind {
@@ -97,6 +104,7 @@ impl HandlerKind {
     pub fn describe(&self) -> String {
         match self {
             Self::HttpP2 { export } => format!("http (WASIp2, {export})"),
+            Self::HttpP3 { export } => format!("http (WASIp3, {export})"),
         }
     }
 }
@@ -129,6 +137,9 @@ pub struct ComponentFile {
     pub bytes: Vec<u8>,
     /// The lane its marker asks for, if it has one.
     pub lane_marker: Option<Lane>,
+    /// Whether it exports the WASIp3 HTTP handler (and so needs an engine
+    /// with component-model concurrency).
+    pub wasip3: bool,
 }
 
 /// Reads `path` and checks that it is a component; finds its lane marker.
@@ -146,7 +157,8 @@ pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
         WasmKind::CoreModule => return Err(LoadError::CoreModule { path: owned() }),
         WasmKind::NotWasm => return Err(LoadError::NotWasm { path: owned() }),
     }
-    let lane_marker = match find_lane_marker(&bytes) {
+    let scan = scan(&bytes);
+    let lane_marker = match scan.lane_marker {
         Ok(marker) => marker,
         Err(found) => {
             return Err(LoadError::BadLaneMarker {
@@ -159,6 +171,7 @@ pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
         path: owned(),
         bytes,
         lane_marker,
+        wasip3: scan.wasip3,
     })
 }
 
@@ -182,6 +195,7 @@ pub fn compile(
         path,
         bytes,
         lane_marker,
+        ..
     } = file;
     let key = CompileCache::key(engine, &bytes);
     let cached = cache.and_then(|cache| cache.load(engine, &key));
@@ -214,13 +228,22 @@ pub fn compile(
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let Some(handler) = exports
+    let p2 = exports
         .iter()
-        .find(|name| name.starts_with(HTTP_HANDLER_P2))
-        .map(|export| HandlerKind::HttpP2 {
+        .find(|name| name.starts_with(HTTP_HANDLER_P2));
+    let p3 = exports
+        .iter()
+        .find(|name| name.starts_with(HTTP_HANDLER_P3));
+    let handler = match (p3, p2) {
+        (Some(export), _) => Some(HandlerKind::HttpP3 {
             export: export.clone(),
-        })
-    else {
+        }),
+        (None, Some(export)) => Some(HandlerKind::HttpP2 {
+            export: export.clone(),
+        }),
+        (None, None) => None,
+    };
+    let Some(handler) = handler else {
         return Err(LoadError::NoHandler {
             path,
             exports: if exports.is_empty() {
@@ -243,25 +266,45 @@ pub fn compile(
     })
 }
 
+/// What a pass over the file's sections found.
+struct Scan {
+    /// The lane marker; `Err` carries the contents of a marker that is
+    /// neither `sync` nor `async`.
+    lane_marker: Result<Option<Lane>, String>,
+    /// Whether some component export is `wasi:http/handler@0.3.x`.
+    wasip3: bool,
+}
+
 /// Looks through the component and the core modules inside it for the lane
-/// marker section. `Err` carries the contents of a marker that is neither
-/// `sync` nor `async`. Parse errors are left for wasmtime to report.
-fn find_lane_marker(bytes: &[u8]) -> Result<Option<Lane>, String> {
+/// marker section, and through its exports for the WASIp3 handler. Parse
+/// errors end the scan early and are left for wasmtime to report.
+fn scan(bytes: &[u8]) -> Scan {
+    let mut found = Scan {
+        lane_marker: Ok(None),
+        wasip3: false,
+    };
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let Ok(payload) = payload else {
-            return Ok(None);
-        };
-        if let wasmparser::Payload::CustomSection(section) = payload
-            && section.name() == LANE_SECTION
-        {
-            return match section.data() {
-                b"sync" => Ok(Some(Lane::Sync)),
-                b"async" => Ok(Some(Lane::Async)),
-                other => Err(String::from_utf8_lossy(other).into_owned()),
-            };
+        match payload {
+            Ok(wasmparser::Payload::CustomSection(section))
+                if section.name() == LANE_SECTION && matches!(found.lane_marker, Ok(None)) =>
+            {
+                found.lane_marker = match section.data() {
+                    b"sync" => Ok(Some(Lane::Sync)),
+                    b"async" => Ok(Some(Lane::Async)),
+                    other => Err(String::from_utf8_lossy(other).into_owned()),
+                };
+            }
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) => {
+                found.wasip3 |= exports
+                    .into_iter()
+                    .flatten()
+                    .any(|export| export.name.name.starts_with(HTTP_HANDLER_P3));
+            }
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
-    Ok(None)
+    found
 }
 
 /// What the first eight bytes of a file say it is.

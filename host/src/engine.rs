@@ -64,6 +64,10 @@ pub struct EngineSettings {
     pub lane: Lane,
     /// Meter fuel in the sync lane too, for a `--max-fuel` CPU budget.
     pub sync_fuel: bool,
+    /// Component-model concurrency, which WASIp3 components need. Off for
+    /// WASIp2 components: with it on, every WASIp2 call goes through the
+    /// concurrent runtime and costs more (docs/architecture.md).
+    pub concurrency: bool,
 }
 
 /// Builds the engine, probing for the pooling allocator first.
@@ -92,6 +96,10 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Alloca
 
 fn base_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
+    config.concurrency_support(settings.concurrency);
+    if settings.concurrency {
+        config.wasm_component_model_async(true);
+    }
     match settings.lane {
         // Async lane: fuel gives deterministic yield points (every
         // `--yield-fuel` units) and the optional CPU budget; the deadline is

@@ -62,6 +62,12 @@ pub enum HostError {
     /// `build` was called outside a tokio runtime.
     #[error("the host must be built inside a tokio runtime (it runs its I/O there)")]
     NoRuntime,
+    /// `--mode sync` for a WASIp3 component, which only the async lane runs.
+    #[error("{path}: is a WASIp3 component, which runs only in the async lane (drop --mode sync)")]
+    P3NeedsAsync {
+        /// The component file.
+        path: PathBuf,
+    },
     /// A `--dir` grant names something that is not a readable directory.
     #[error("--dir {path}: {reason}")]
     Dir {
@@ -110,12 +116,21 @@ impl HostBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
         let file = component::read(&path)?;
-        let lane = self.config.execution.mode.resolve(file.lane_marker);
+        let wasip3 = file.wasip3;
+        let lane = if wasip3 {
+            if self.config.execution.mode == config::Mode::Sync {
+                return Err(HostError::P3NeedsAsync { path });
+            }
+            Lane::Async
+        } else {
+            self.config.execution.mode.resolve(file.lane_marker)
+        };
         let (engine, allocator) = engine::build_engine(&EngineSettings {
             max_memory: self.config.invocation.max_memory,
             pooling: self.pooling,
             lane,
             sync_fuel: self.config.execution.max_fuel.is_some(),
+            concurrency: wasip3,
         })
         .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         if lane == Lane::Sync {
@@ -149,6 +164,7 @@ impl HostBuilder {
                 handler: loaded.handler,
                 lane,
                 lane_marker: loaded.lane_marker,
+                wasip3,
                 allocator,
                 from_cache: loaded.from_cache,
                 load_time: loaded.load_time,
@@ -170,6 +186,8 @@ pub struct LoadSummary {
     pub lane: Lane,
     /// The lane the component's marker asked for, if any.
     pub lane_marker: Option<Lane>,
+    /// Whether it is a WASIp3 component.
+    pub wasip3: bool,
     /// The instance allocator in use.
     pub allocator: AllocatorKind,
     /// Whether compiled code came from the compile cache.

@@ -13,3 +13,4 @@ mod sandbox;
 mod serve;
 mod shutdown;
 mod start_errors;
+mod wasip3;

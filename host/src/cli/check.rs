@@ -20,13 +20,19 @@ impl CheckCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let file = fnhost::component::read(&self.component)?;
         let marker = file.lane_marker;
-        let lane = Mode::Auto.resolve(marker);
+        let wasip3 = file.wasip3;
+        let lane = if wasip3 {
+            fnhost::config::Lane::Async
+        } else {
+            Mode::Auto.resolve(marker)
+        };
         let (engine, _) = build_engine(&EngineSettings {
             max_memory: InvocationLimits::default().max_memory,
             // Checking needs no slots; skip reserving them.
             pooling: false,
             lane,
             sync_fuel: false,
+            concurrency: wasip3,
         })?;
         let cache = default_cache_dir().and_then(|dir| CompileCache::open(&dir).ok());
         let loaded = fnhost::component::compile(&engine, file, cache.as_ref())?;
@@ -35,9 +41,10 @@ impl CheckCommand {
         println!("trigger:   {}", loaded.handler.describe());
         println!(
             "lane:      {lane} ({})",
-            match marker {
-                Some(_) => "from the component's fnhost:lane marker",
-                None => "no marker: the default; --mode overrides",
+            match (wasip3, marker) {
+                (true, _) => "WASIp3 components always run in the async lane",
+                (false, Some(_)) => "from the component's fnhost:lane marker",
+                (false, None) => "no marker: the default; --mode overrides",
             }
         );
         println!("imports:");

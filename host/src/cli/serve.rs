@@ -8,9 +8,9 @@ use fnhost::config::parse::{
     parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
 };
 use fnhost::config::{
-    DEFAULT_LISTEN, DEFAULT_QUEUE_DEPTH_PER_THREAD, DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig,
-    GuestGrants, HostConfig, HttpLimits, InvocationLimits, MAX_THREADS, Mode, Origin,
-    default_threads,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_REUSE, DEFAULT_QUEUE_DEPTH_PER_THREAD,
+    DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig, GuestGrants, HostConfig, HttpLimits,
+    InvocationLimits, MAX_THREADS, Mode, Origin, default_threads,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,9 +65,13 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
     queue_depth: Option<u64>,
 
-    /// Calls one sync-lane instance may serve before it is replaced (1: a fresh instance per call).
-    #[arg(long, env = "FNHOST_INSTANCE_REUSE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
-    instance_reuse: u32,
+    /// Calls one instance may serve before it is replaced [default: 1 in the sync lane (a fresh instance per call), 128 for WASIp3 components].
+    #[arg(long, env = "FNHOST_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    instance_reuse: Option<u32>,
+
+    /// Calls one WASIp3 instance may run at once.
+    #[arg(long, env = "FNHOST_MAX_CONCURRENT_REUSE", default_value_t = DEFAULT_MAX_CONCURRENT_REUSE, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_concurrent_reuse: u32,
 
     /// Linear memory per instance (500 with fnhost-error: memory beyond).
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
@@ -126,6 +130,7 @@ impl ServeCommand {
                             depth as usize
                         }),
                     instance_reuse: self.instance_reuse,
+                    max_concurrent_reuse: self.max_concurrent_reuse,
                 }
             },
             grants: GuestGrants {
@@ -157,6 +162,7 @@ impl ServeCommand {
         };
         let summary = host.summary();
         let lane_source = match (config.execution.mode, summary.lane_marker) {
+            _ if summary.wasip3 => "WASIp3 components always run in it",
             (Mode::Auto, Some(_)) => "from the component's marker",
             (Mode::Auto, None) => "no marker: the default",
             _ => "from --mode",
@@ -177,6 +183,10 @@ impl ServeCommand {
                 Lane::Sync => format!(
                     ", {} threads, queue depth {}",
                     config.execution.threads, config.execution.queue_depth
+                ),
+                Lane::Async if summary.wasip3 => format!(
+                    ", up to {} calls at once per instance",
+                    config.execution.max_concurrent_reuse
                 ),
                 Lane::Async => format!(", yield every {} fuel", config.execution.yield_fuel),
             },

@@ -176,10 +176,20 @@ pub struct ExecutionConfig {
     pub threads: usize,
     /// Calls that may wait for a sync-lane thread before 503 (`--queue-depth`).
     pub queue_depth: usize,
-    /// Calls one sync-lane instance may serve before it is replaced
-    /// (`--instance-reuse`); 1 means a fresh instance for every call.
-    pub instance_reuse: u32,
+    /// Calls one instance may serve before it is replaced
+    /// (`--instance-reuse`): for the sync lane (default 1, a fresh instance
+    /// for every call) and for WASIp3 components (default
+    /// [`DEFAULT_P3_INSTANCE_REUSE`]). WASIp2 components in the async lane
+    /// always get a fresh instance.
+    pub instance_reuse: Option<u32>,
+    /// Calls one WASIp3 instance may run at once (`--max-concurrent-reuse`).
+    pub max_concurrent_reuse: u32,
 }
+
+/// Calls a WASIp3 instance serves by default before it is replaced.
+pub const DEFAULT_P3_INSTANCE_REUSE: u32 = 128;
+/// Calls a WASIp3 instance runs at once by default.
+pub const DEFAULT_MAX_CONCURRENT_REUSE: u32 = 16;
 
 impl Default for ExecutionConfig {
     fn default() -> Self {
@@ -190,7 +200,8 @@ impl Default for ExecutionConfig {
             max_fuel: None,
             threads,
             queue_depth: threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
-            instance_reuse: 1,
+            instance_reuse: None,
+            max_concurrent_reuse: DEFAULT_MAX_CONCURRENT_REUSE,
         }
     }
 }

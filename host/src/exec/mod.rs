@@ -17,10 +17,11 @@ mod async_lane;
 mod fair;
 mod guest_output;
 mod outbound;
+mod p3_lane;
 mod state;
 mod sync_lane;
 
-use crate::component::{LoadError, LoadedComponent, one_line};
+use crate::component::{HandlerKind, LoadError, LoadedComponent, one_line};
 use crate::config::{ExecutionConfig, GuestGrants, InvocationLimits, Lane, Origin};
 use crate::invocation::{Body, BodyError, Dispatch, FailureKind, InvocationError};
 use http_body_util::BodyExt;
@@ -57,6 +58,14 @@ pub fn start(
         path: component.path.clone(),
         reason: one_line(&e),
     };
+    if let HandlerKind::HttpP3 { .. } = component.handler {
+        let pre =
+            wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre).map_err(link_error)?;
+        return Ok(Arc::new(p3_lane::P3Lane::new(
+            wasmtime_wasi_http::handler::ProxyPre::P3(pre),
+            settings,
+        )));
+    }
     Ok(match lane {
         Lane::Async => {
             let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
@@ -95,6 +104,12 @@ pub fn link(
             wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
                 .map_err(link_error)?;
+            // WASIp3 components (built with Rust's std they import WASI 0.2
+            // too) also get the WASI 0.3 interfaces.
+            if let HandlerKind::HttpP3 { .. } = component.handler {
+                wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(link_error)?;
+                wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(link_error)?;
+            }
         }
         Lane::Sync => {
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;

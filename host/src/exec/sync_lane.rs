@@ -283,7 +283,8 @@ impl Worker {
                         "the guest returned without setting a response",
                     )));
                 }
-                (instance.calls < self.settings.execution.instance_reuse).then_some(instance)
+                let reuse = self.settings.execution.instance_reuse.unwrap_or(1);
+                (instance.calls < reuse).then_some(instance)
             }
             Err(error) => {
                 let failure = classify(&error, instance.store.data().limiter.exceeded());

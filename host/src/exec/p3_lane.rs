@@ -1,0 +1,219 @@
+//! WASIp3 components (`wasi:http/handler@0.3.x`, component-model async) in
+//! the async lane.
+//!
+//! A WASIp3 guest can serve several requests at once, so instances are
+//! reused: one instance runs up to `--max-concurrent-reuse` calls at a time
+//! and serves up to `--instance-reuse` calls (default 128) before it is
+//! replaced; an instance that trapped is dropped with every call it was
+//! running. wasmtime-wasi-http's `ProxyHandler` schedules requests onto
+//! instances; this module supplies the policy (how many calls, how long)
+//! and the store.
+//!
+//! Known limits, compared with WASIp2 guests: the store's fuel yields happen
+//! inside `ProxyHandler`'s own tasks, which fnhost does not wrap with
+//! [`super::fair::Fair`]; guest stdout lines carry the id of the instance's
+//! most recent call (calls share the instance); a failure that cannot be
+//! traced to one call (a trap during concurrent calls, a memory limit) fails
+//! every call on that instance with `trap`.
+
+use super::state::StoreState;
+use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use crate::component::one_line;
+use crate::config::{DEFAULT_P3_INSTANCE_REUSE, Origin};
+use crate::invocation::{
+    Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
+};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
+    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+};
+
+/// How long an idle WASIp3 instance is kept for the next request.
+pub const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs WASIp3 invocations on reused, concurrent instances.
+pub struct P3Lane {
+    handler: ProxyHandler<P3Instances>,
+}
+
+impl P3Lane {
+    /// A lane instantiating `pre` as requests need instances.
+    pub fn new(pre: ProxyPre<StoreState>, settings: ExecSettings) -> Self {
+        Self {
+            handler: ProxyHandler::new(P3Instances {
+                pre,
+                outbound: settings.grants.outbound.clone().into(),
+                settings,
+            }),
+        }
+    }
+}
+
+impl Dispatch for P3Lane {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let handler = self.handler.clone();
+        let timeout = handler.state().settings.limits.timeout;
+        Box::pin(async move {
+            let HttpInvocation { id, request } = invocation;
+            let request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
+            match tokio::time::timeout(timeout, handler.handle(id, request)).await {
+                Ok(Ok(response)) => Ok(host_response(response)),
+                Ok(Err(error)) => Err(classify_p3(&error)),
+                Err(_) => Err(InvocationError::new(
+                    FailureKind::Timeout,
+                    format!("ran past its {} ms timeout", timeout.as_millis()),
+                )),
+            }
+        })
+    }
+}
+
+fn classify_p3(error: &wasmtime::Error) -> InvocationError {
+    if error.downcast_ref::<ExpirationError>().is_some() {
+        InvocationError::new(FailureKind::Timeout, "ran past its timeout")
+    } else if error.downcast_ref::<TrapOrPanicError>().is_some() {
+        InvocationError::new(
+            FailureKind::Trap,
+            "the instance trapped while running this call",
+        )
+    } else if let Some(failed) = error.downcast_ref::<InstantiationError<InvocationId>>() {
+        InvocationError::new(
+            FailureKind::Capacity,
+            format!("cannot instantiate: {}", one_line(&failed.to_string())),
+        )
+    } else {
+        classify(error, false)
+    }
+}
+
+/// Creates instances for the handler.
+struct P3Instances {
+    pre: ProxyPre<StoreState>,
+    settings: ExecSettings,
+    outbound: Arc<[Origin]>,
+}
+
+impl HandlerState for P3Instances {
+    type StoreData = StoreState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Reuse;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<StoreState, Expiry, Reuse>> {
+        let state = new_state(&self.settings, &self.outbound).map_err(wasmtime::Error::msg)?;
+        let engine = match &self.pre {
+            ProxyPre::P3(pre) => pre.engine().clone(),
+            ProxyPre::P2(pre) => pre.engine().clone(),
+        };
+        let mut store = Store::new(&engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let execution = &self.settings.execution;
+        store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
+        store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
+        let timeout = self.settings.limits.timeout;
+        let proxy = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| wasmtime::Error::msg("instantiation ran past the timeout"))??;
+        Ok(Instance {
+            store,
+            proxy,
+            view: StoreState::http,
+            expiration: Expiry {
+                request_timeout: timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+            },
+            state: Reuse {
+                max_concurrent: execution.max_concurrent_reuse as usize,
+                max_total: execution
+                    .instance_reuse
+                    .unwrap_or(DEFAULT_P3_INSTANCE_REUSE) as usize,
+                request_timeout: timeout,
+            },
+        })
+    }
+}
+
+/// When an instance should go: idle too long, or a call past its timeout.
+struct Expiry {
+    request_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        let limit = match status {
+            WorkerStatus::Idle => IDLE_INSTANCE_TIMEOUT,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => self.request_timeout,
+        };
+        let Some(deadline) = start.checked_add(limit) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+/// How many calls an instance takes, at once and in all.
+struct Reuse {
+    max_concurrent: usize,
+    max_total: usize,
+    request_timeout: Duration,
+}
+
+impl WorkerState for Reuse {
+    type StoreData = StoreState;
+    type RequestData = InvocationId;
+
+    fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
+        if total_count >= self.max_total {
+            ShouldAccept::Never
+        } else if concurrent_count >= self.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, StoreState>,
+        id: InvocationId,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
+        store.data_mut().begin(id);
+        Box::pin(tokio::time::sleep(self.request_timeout))
+    }
+
+    fn drop(&self, store: Store<StoreState>, result: Result<(), wasmtime::Error>) {
+        // The calls it was running have been answered and logged with their
+        // ids already; this is the instance's side of the story. Instances
+        // still alive when the host exits end here too, hence debug level.
+        if let Err(error) = result {
+            let memory = store.data().limiter.exceeded();
+            tracing::debug!(
+                "a WASIp3 instance ended with an error{}: {}",
+                if memory { " (memory limit)" } else { "" },
+                one_line(&error)
+            );
+        }
+    }
+}
