@@ -1,17 +1,20 @@
 //! The executor: runs invocations of one component in this process, in one
 //! of two lanes chosen once at load time.
 //!
-//! - [`async_lane::AsyncLane`]: each invocation is a future on the tokio
+//! - `AsyncLane`: each invocation is a future on the tokio
 //!   runtime, metered with fuel and yielding every `--yield-fuel` units
-//!   through [`fair::Fair`], so a guest that never waits cannot starve the
+//!   through `Fair`, so a guest that never waits cannot starve the
 //!   others or the network. Guest waits (timers, outbound HTTP, body
 //!   streams) are host futures: a waiting guest holds no thread.
-//! - [`sync_lane::SyncLane`]: a bounded pool of `--threads` OS threads, each
+//! - `SyncLane`: a bounded pool of `--threads` OS threads, each
 //!   with a warm, pre-created instance, calling the guest with wasmtime's
 //!   synchronous API; a bounded queue in front answers 503 when full.
 //!
-//! Both give every invocation a fresh instance unless `--instance-reuse`
-//! says otherwise (sync lane), and never reuse an instance that trapped.
+//! - `P3Lane`: WASIp3 components, in the async lane, on reused instances
+//!   that run several calls at once.
+//!
+//! WASIp2 invocations get a fresh instance unless `--instance-reuse` says
+//! otherwise (sync lane); no lane reuses an instance that trapped.
 
 mod async_lane;
 mod fair;
