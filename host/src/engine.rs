@@ -96,9 +96,12 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Alloca
 
 fn base_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
-    config.concurrency_support(settings.concurrency);
-    if settings.concurrency {
-        config.wasm_component_model_async(true);
+    #[cfg(feature = "wasip3")]
+    {
+        config.concurrency_support(settings.concurrency);
+        if settings.concurrency {
+            config.wasm_component_model_async(true);
+        }
     }
     match settings.lane {
         // Async lane: fuel gives deterministic yield points (every

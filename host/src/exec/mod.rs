@@ -20,6 +20,7 @@ mod async_lane;
 mod fair;
 mod guest_output;
 mod outbound;
+#[cfg(feature = "wasip3")]
 mod p3_lane;
 mod state;
 mod sync_lane;
@@ -62,11 +63,18 @@ pub fn start(
         reason: one_line(&e),
     };
     if let HandlerKind::HttpP3 { .. } = component.handler {
-        let pre =
-            wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre).map_err(link_error)?;
-        return Ok(Arc::new(p3_lane::P3Lane::new(
-            wasmtime_wasi_http::handler::ProxyPre::P3(pre),
-            settings,
+        #[cfg(feature = "wasip3")]
+        {
+            let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
+                .map_err(link_error)?;
+            return Ok(Arc::new(p3_lane::P3Lane::new(
+                wasmtime_wasi_http::handler::ProxyPre::P3(pre),
+                settings,
+            )));
+        }
+        #[cfg(not(feature = "wasip3"))]
+        return Err(link_error(wasmtime::Error::msg(
+            "this fnhost was built without WASIp3 support (the `wasip3` feature)",
         )));
     }
     Ok(match lane {
@@ -109,6 +117,8 @@ pub fn link(
                 .map_err(link_error)?;
             // WASIp3 components (built with Rust's std they import WASI 0.2
             // too) also get the WASI 0.3 interfaces.
+            #[cfg(feature = "wasip3")]
+            #[cfg(feature = "wasip3")]
             if let HandlerKind::HttpP3 { .. } = component.handler {
                 wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(link_error)?;
                 wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(link_error)?;
