@@ -1,8 +1,13 @@
 //! # fnhost
 //!
 //! A WebAssembly-sandboxed function host. It serves components that export
-//! `wasi:http/incoming-handler@0.2.x`, each request on a fresh, isolated
-//! instance, with nothing granted to the guest unless the host says so.
+//! `wasi:http/incoming-handler@0.2.x` (or, with the default `wasip3`
+//! feature, `wasi:http/handler@0.3.x`), each request on a fresh, isolated
+//! instance unless configured otherwise, with nothing granted to the guest
+//! unless the host says so. Guests run in one of two lanes, chosen once per
+//! component: the async lane (futures on the tokio event loop, with fuel
+//! yield points) or the sync lane (a bounded pool of threads with warm
+//! instances); see [`exec`].
 //!
 //! This library is the product; the `fnhost` binary is a thin shell over it.
 //! An edge platform embeds a host in a few lines:
