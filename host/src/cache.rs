@@ -28,9 +28,23 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// Opens (creating if needed) the cache folder at `path`.
+    /// Opens (creating if needed, private to this user) the cache folder at
+    /// `path`. Refuses a folder that another user owns or that others may
+    /// write: its artifacts would be run as native code.
     pub fn open(path: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(path)?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
+        let metadata = std::fs::metadata(path)?;
+        let own_uid = std::fs::metadata("/proc/self")?.uid();
+        if metadata.uid() != own_uid || metadata.mode() & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not owned by this user, or writable by others",
+            ));
+        }
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         Ok(Self {
             dir,

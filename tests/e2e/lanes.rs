@@ -244,3 +244,32 @@ fn fanout_sends_its_ten_requests_concurrently() {
         "fanout of ten 300 ms requests took {elapsed:?}"
     );
 }
+
+#[test]
+fn a_client_that_stops_sending_its_body_cannot_hold_a_sync_thread() {
+    let server = Server::start(
+        &example("echo"),
+        &["--mode", "sync", "--threads", "1", "--timeout", "1s"],
+    );
+    // Promise ten bytes, send none, keep the connection open.
+    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = [0u8; 64];
+    let read = stalled.read(&mut answer).unwrap();
+    let status = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(status.starts_with("HTTP/1.1 504"), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The only thread is free again.
+    let next = client().post(server.url("/")).body("hi").send().unwrap();
+    assert_eq!(next.status(), 200);
+}

@@ -36,7 +36,9 @@ pub struct FairShare {
 }
 
 impl FairShare {
-    /// Room for `workers - 1` long-running slices at once (at least one).
+    /// Room for `workers - 1` long-running slices at once, and at least one
+    /// (so on a single-worker runtime a long-running guest still shares its
+    /// worker with the short ones, through its yields).
     pub fn for_workers(workers: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(workers.saturating_sub(1).max(1))),
@@ -156,10 +158,16 @@ impl Wake for SelfWakeDetector {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if self.in_poll.load(Ordering::SeqCst) {
-            // A wake from another thread can land here too; the yield that
-            // follows reschedules the task, so it is not lost.
             self.self_woken.store(true, Ordering::SeqCst);
-        } else if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            // A wake from another thread can race with the end of the poll:
+            // if the poll has ended by now, it may already have read
+            // `self_woken`, so wake the task directly. At worst the task is
+            // woken twice, or takes one extra yield; it is never lost.
+            if self.in_poll.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             task.wake_by_ref();
         }
     }

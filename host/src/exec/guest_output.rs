@@ -69,10 +69,13 @@ impl LineForwarder {
 
     fn push(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
-        while let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=newline).collect();
-            self.emit(&line[..line.len() - 1]);
+        let mut start = 0;
+        while let Some(offset) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + offset;
+            self.emit(&self.pending[start..end]);
+            start = end + 1;
         }
+        self.pending.drain(..start);
         if self.pending.len() > MAX_LINE {
             let line = std::mem::take(&mut self.pending);
             self.emit(&line);

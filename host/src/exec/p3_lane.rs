@@ -39,10 +39,14 @@ use wasmtime_wasi_http::handler::{
 
 /// How long an idle WASIp3 instance is kept for the next request.
 pub const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most WASIp3 calls in flight (running or waiting for an instance); beyond,
+/// 503 `capacity`. `ProxyHandler` itself queues without bound.
+pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// Runs WASIp3 invocations on reused, concurrent instances.
 pub struct P3Lane {
     handler: ProxyHandler<P3Instances>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl P3Lane {
@@ -54,6 +58,7 @@ impl P3Lane {
                 outbound: settings.grants.outbound.clone().into(),
                 settings,
             }),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 }
@@ -65,7 +70,14 @@ impl Dispatch for P3Lane {
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
         let handler = self.handler.clone();
         let timeout = handler.state().settings.limits.timeout;
+        let permit = self.in_flight.clone().try_acquire_owned();
         Box::pin(async move {
+            let Ok(_permit) = permit else {
+                return Err(InvocationError::new(
+                    FailureKind::Capacity,
+                    format!("{MAX_IN_FLIGHT} WASIp3 calls already in flight"),
+                ));
+            };
             let HttpInvocation { id, request } = invocation;
             let request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
             match tokio::time::timeout(timeout, handler.handle(id, request)).await {
@@ -89,8 +101,17 @@ fn classify_p3(error: &wasmtime::Error) -> InvocationError {
             "the instance trapped while running this call",
         )
     } else if let Some(failed) = error.downcast_ref::<InstantiationError<InvocationId>>() {
+        let kind = if failed
+            .error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            FailureKind::Capacity
+        } else {
+            FailureKind::Trap
+        };
         InvocationError::new(
-            FailureKind::Capacity,
+            kind,
             format!("cannot instantiate: {}", one_line(&failed.to_string())),
         )
     } else {

@@ -105,8 +105,11 @@ impl WasiHttpView for StoreState {
 
 /// Refuses memory growth past the limit and records that it did, so a
 /// guest that then aborts is reported as `memory`, not as a plain trap.
+/// The limit covers all linear memories of the store together (a component
+/// can hold several core instances, each with its own memory).
 pub struct MemoryLimiter {
     max_memory: u64,
+    used: u64,
     exceeded: bool,
 }
 
@@ -114,6 +117,7 @@ impl MemoryLimiter {
     fn new(max_memory: u64) -> Self {
         Self {
             max_memory,
+            used: 0,
             exceeded: false,
         }
     }
@@ -127,15 +131,20 @@ impl MemoryLimiter {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired as u64 <= self.max_memory;
-        if !allowed {
+        let after = self
+            .used
+            .saturating_sub(current as u64)
+            .saturating_add(desired as u64);
+        if after > self.max_memory {
             self.exceeded = true;
+            return Ok(false);
         }
-        Ok(allowed)
+        self.used = after;
+        Ok(true)
     }
 
     fn table_growing(

@@ -11,7 +11,10 @@
 //!   an epoch deadline traps it within one tick of `--timeout`. A guest
 //!   blocked inside a host call (a long timer) is not at a wasm instruction,
 //!   so the caller also stops waiting at the deadline and answers 504; the
-//!   thread comes back when the host call returns and the trap fires.
+//!   thread comes back when the host call returns and the trap fires. The
+//!   request body fails at the deadline, so a client that stops sending
+//!   cannot hold a thread; a client that stops *reading* a large response
+//!   still can, until it disconnects (the guest waits to write).
 //! - `--instance-reuse N` lets an instance serve up to N calls (for guests
 //!   that keep caches in globals); what one call leaves in memory is then
 //!   seen by the next, so the default is 1. A trapped instance is always
@@ -23,13 +26,17 @@ use crate::component::one_line;
 use crate::config::Origin;
 use crate::engine::EPOCH_TICK;
 use crate::invocation::{
-    Body, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
+    Body, BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError,
+    InvocationId,
 };
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmtime::Store;
@@ -186,7 +193,17 @@ impl Worker {
                     continue;
                 }
             };
-            warm = self.run(instance, job);
+            let id = job.id;
+            // A panic in a host call must cost one call, not the thread: the
+            // caller sees its answer channel close and gets a 500.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(instance, job)))
+            {
+                Ok(next) => warm = next,
+                Err(_) => {
+                    tracing::error!("[{id}] the host panicked while running this call");
+                    warm = None;
+                }
+            }
         }
     }
 
@@ -238,7 +255,15 @@ impl Worker {
         // The response head goes to the caller as soon as the guest sets it;
         // the guest may keep writing the body on this thread afterwards.
         let respond = Arc::new(Mutex::new(Some(respond)));
-        let request = request.map(|body| body.map_err(body_error_to_wasi));
+        // A guest blocked reading the request body is inside a host call,
+        // where the epoch deadline cannot reach it; the body itself ends
+        // with an error at the deadline, so a client that stops sending
+        // cannot hold this thread.
+        let request = request.map(|body| {
+            DeadlineBody::new(body, deadline)
+                .map_err(body_error_to_wasi)
+                .boxed_unsync()
+        });
         let resources = {
             let mut http = store.data_mut().http();
             let incoming = http.new_incoming_request(Scheme::Http, request);
@@ -247,6 +272,12 @@ impl Worker {
                 if let Some(respond) = take(&sender) {
                     let _ = respond.send(match response {
                         Ok(response) => Ok(host_response(response)),
+                        // Past the deadline an error answer is what the
+                        // deadline caused (the request body ends there).
+                        Err(code) if Instant::now() >= deadline => Err(InvocationError::new(
+                            FailureKind::Timeout,
+                            format!("ran past its deadline (the guest answered {code:?})"),
+                        )),
                         Err(code) => Err(InvocationError::new(
                             FailureKind::Trap,
                             format!("the guest answered with error code {code:?}"),
@@ -309,6 +340,50 @@ fn take(
     slot: &Mutex<Option<oneshot::Sender<DispatchResult>>>,
 ) -> Option<oneshot::Sender<DispatchResult>> {
     slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// A request body that fails once `deadline` has passed.
+struct DeadlineBody {
+    inner: Body,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, deadline: Instant) -> Self {
+        Self {
+            inner,
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+        }
+    }
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Transport(
+                "the request body did not arrive before the invocation's deadline".into(),
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Epoch ticks covering `duration`, rounded up, at least one.

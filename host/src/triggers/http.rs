@@ -188,8 +188,20 @@ fn check_limits<B>(limits: &HttpLimits, request: &Request<B>) -> Option<(StatusC
             format!("request body exceeds {} bytes", limits.max_body),
         ));
     }
-    if request.uri().authority().is_none() && !headers.contains_key(header::HOST) {
-        return Some((StatusCode::BAD_REQUEST, "missing Host header".to_string()));
+    if request.uri().authority().is_none() {
+        // The guest sees the Host header as the request's authority: it must
+        // be a host and port, nothing that could change the path it sees.
+        let valid_host = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse::<http::uri::Authority>().ok())
+            .is_some_and(|authority| !authority.as_str().contains('@'));
+        if !valid_host {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Host header".to_string(),
+            ));
+        }
     }
     None
 }
@@ -325,6 +337,16 @@ mod tests {
 
         let hostless = Request::builder().uri("/").body(()).unwrap();
         assert_eq!(check_limits(&limits, &hostless).unwrap().0, 400);
+        for bad in ["example.com/admin", "a#b", "a?b", "user@host", "bad host"] {
+            let steering = Request::builder()
+                .uri("/x")
+                .header(header::HOST, bad)
+                .body(())
+                .unwrap();
+            assert_eq!(check_limits(&limits, &steering).unwrap().0, 400, "{bad}");
+        }
+        let with_port = request("/x").header(header::HOST, "localhost:8080");
+        assert!(check_limits(&limits, &with_port.body(()).unwrap()).is_none());
     }
 
     #[test]
