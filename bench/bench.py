@@ -87,13 +87,18 @@ def ensure_wasmtime():
     return str(binary)
 
 
-def build(profile):
+def build(profile, host=True):
+    """Builds the servers (unless `host` is False: then they must exist) and the guests."""
     flag = ["--release"] if profile == "release" else []
-    run(["cargo", "build", *flag, "-p", "fnhost", "-p", "fnhost-bench-native"], cwd=ROOT)
+    if host:
+        run(["cargo", "build", *flag, "-p", "fnhost", "-p", "fnhost-bench-native"], cwd=ROOT)
     run(["cargo", "build", "--release", "--target", "wasm32-wasip2",
          "--manifest-path", str(ROOT / "examples" / "Cargo.toml")])
     target = ROOT / "target" / ("release" if profile == "release" else "debug")
-    return target / "fnhost", target / "fnhost-bench-native"
+    fnhost = target / "fnhost"
+    if not fnhost.exists():
+        sys.exit(f"{fnhost} does not exist; build it or drop --no-build")
+    return fnhost, target / "fnhost-bench-native"
 
 
 def raise_fd_limit():
@@ -516,6 +521,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--no-build", action="store_true",
+                        help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
                         help="comma-separated subset of: fnhost, wasmtime-default, wasmtime-tuned, native")
     args = parser.parse_args()
@@ -532,7 +539,7 @@ def main():
     ensure_wrk()
     wants_wasmtime = not args.quick and (args.servers is None or "wasmtime" in args.servers)
     wasmtime = ensure_wasmtime() if wants_wasmtime else None
-    fnhost, native = build("dev" if args.quick else "release")
+    fnhost, native = build("dev" if args.quick else "release", host=not args.no_build)
     kinds = server_kinds(fnhost, native, wasmtime, args.quick)
     if args.servers:
         chosen = args.servers.split(",")
