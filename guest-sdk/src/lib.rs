@@ -220,15 +220,9 @@ pub mod __private {
         response_out: ResponseOutparam,
         handler: impl FnOnce(crate::Request) -> F,
     ) {
-        let request = match crate::wire::read_incoming_request(incoming) {
-            Ok(request) => request,
-            Err(reason) => {
-                ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(reason))));
-                return;
-            }
-        };
-        let response = wstd::runtime::block_on(handler(request)).into_response();
-        crate::wire::write_response(response_out, response);
+        serve(incoming, response_out, |request| {
+            wstd::runtime::block_on(handler(request))
+        });
     }
 }
 

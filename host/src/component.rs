@@ -175,15 +175,6 @@ pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
     })
 }
 
-/// Reads, checks and compiles the component at `path`.
-pub fn load(
-    engine: &Engine,
-    path: &Path,
-    cache: Option<&CompileCache>,
-) -> Result<LoadedComponent, LoadError> {
-    compile(engine, read(path)?, cache)
-}
-
 /// Compiles `file` (or loads it from the cache) and takes its inventory.
 pub fn compile(
     engine: &Engine,

@@ -11,14 +11,7 @@ use std::time::Duration;
 /// Binary suffixes (`KiB`, `MiB`, `GiB`) are powers of 1024, decimal ones
 /// (`KB`, `MB`, `GB`) powers of 1000; a bare number is bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try 128MiB, 100MB or 4096)"))?;
+    let (number, unit) = split_number(text, "a size (try 128MiB, 100MB or 4096)")?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -40,14 +33,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `30s`, `500ms`, `2m` or `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms or 2m)"))?;
+    let (number, unit) = split_number(text, "a duration (try 30s, 500ms or 2m)")?;
     match unit.trim() {
         "" | "s" => Ok(Duration::from_secs(number)),
         "ms" => Ok(Duration::from_millis(number)),
@@ -57,6 +43,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
         )),
     }
+}
+
+/// Splits `12MiB` into `12` and `MiB`; `expected` completes the message
+/// "`text` is not ..." when there is no leading number.
+fn split_number<'a>(text: &'a str, expected: &str) -> Result<(u64, &'a str), String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not {expected}"))?;
+    Ok((number, unit))
 }
 
 /// Parses an outbound origin such as `https://api.example.com` or

@@ -67,10 +67,7 @@ pub fn start(
         {
             let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
                 .map_err(link_error)?;
-            return Ok(Arc::new(p3_lane::P3Lane::new(
-                wasmtime_wasi_http::handler::ProxyPre::P3(pre),
-                settings,
-            )));
+            return Ok(Arc::new(p3_lane::P3Lane::new(pre, settings)));
         }
         #[cfg(not(feature = "wasip3"))]
         return Err(link_error(wasmtime::Error::msg(

@@ -36,6 +36,7 @@ use wasmtime_wasi_http::handler::{
     ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
     ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
 };
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// How long an idle WASIp3 instance is kept for the next request.
 pub const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,10 +52,11 @@ pub struct P3Lane {
 
 impl P3Lane {
     /// A lane instantiating `pre` as requests need instances.
-    pub fn new(pre: ProxyPre<StoreState>, settings: ExecSettings) -> Self {
+    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings) -> Self {
         Self {
             handler: ProxyHandler::new(P3Instances {
-                pre,
+                engine: pre.engine().clone(),
+                pre: ProxyPre::P3(pre),
                 outbound: settings.grants.outbound.clone().into(),
                 settings,
             }),
@@ -122,6 +124,7 @@ fn classify_p3(error: &wasmtime::Error) -> InvocationError {
 /// Creates instances for the handler.
 struct P3Instances {
     pre: ProxyPre<StoreState>,
+    engine: wasmtime::Engine,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
 }
@@ -133,11 +136,7 @@ impl HandlerState for P3Instances {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<StoreState, Expiry, Reuse>> {
         let state = new_state(&self.settings, &self.outbound).map_err(wasmtime::Error::msg)?;
-        let engine = match &self.pre {
-            ProxyPre::P3(pre) => pre.engine().clone(),
-            ProxyPre::P2(pre) => pre.engine().clone(),
-        };
-        let mut store = Store::new(&engine, state);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let execution = &self.settings.execution;
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
