@@ -36,7 +36,11 @@ pub mod config;
 pub mod engine;
 pub mod exec;
 pub mod invocation;
+pub mod ipc;
+pub mod metrics;
+pub mod supervisor;
 pub mod triggers;
+pub mod worker;
 
 pub use config::HostConfig;
 pub use invocation::{Dispatch, FailureKind, HttpInvocation, InvocationError, InvocationId};
@@ -226,6 +230,43 @@ impl Host {
     /// What was loaded and how.
     pub fn summary(&self) -> &LoadSummary {
         &self.summary
+    }
+
+    /// One line saying what was loaded, from where, and how it runs: the
+    /// start-up log line of `fnhost serve` and of each worker.
+    pub fn describe_load(&self) -> String {
+        let summary = &self.summary;
+        let execution = &self.config.execution;
+        let lane_source = match (execution.mode, summary.lane_marker) {
+            _ if summary.wasip3 => "WASIp3 components always run in it",
+            (config::Mode::Auto, Some(_)) => "from the component's marker",
+            (config::Mode::Auto, None) => "no marker: the default",
+            _ => "from --mode",
+        };
+        let lane_detail = match summary.lane {
+            Lane::Sync => format!(
+                ", {} threads, queue depth {}",
+                execution.threads, execution.queue_depth
+            ),
+            Lane::Async if summary.wasip3 => format!(
+                ", up to {} calls at once per instance",
+                execution.max_concurrent_reuse
+            ),
+            Lane::Async => format!(", yield every {} fuel", execution.yield_fuel),
+        };
+        format!(
+            "loaded {} in {} ms ({}; {}; {} allocator); {} lane ({lane_source}){lane_detail}",
+            summary.path.display(),
+            summary.load_time.as_millis(),
+            summary.handler.describe(),
+            if summary.from_cache {
+                "compile cache hit"
+            } else {
+                "compiled"
+            },
+            summary.allocator,
+            summary.lane,
+        )
     }
 
     /// The dispatch that runs invocations, for embedders with their own triggers.

@@ -21,13 +21,24 @@ enum Command {
     Serve(Box<serve::ServeCommand>),
     /// Check a component: what it imports and exports, which trigger it serves.
     Check(check::CheckCommand),
+    /// A worker process; started by `fnhost serve`, not by hand.
+    #[command(hide = true)]
+    Worker,
 }
+
+/// The log filter when `RUST_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "fnhost=info,warn";
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::Worker = cli.command {
+        // Workers set up logging from what the supervisor sends them.
+        return fnhost::worker::run();
+    }
     init_logging();
     match cli.command {
+        Command::Worker => unreachable!("handled above"),
         Command::Serve(command) => command.execute(),
         Command::Check(command) => command.execute(),
     }
@@ -37,7 +48,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
 /// everything else at warn).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fnhost=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::Args;
 use fnhost::Host;
-use fnhost::config::Lane;
 use fnhost::config::parse::{
     parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
 };
@@ -12,10 +11,14 @@ use fnhost::config::{
     DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig, GuestGrants, HostConfig, HttpLimits,
     InvocationLimits, MAX_THREADS, Mode, Origin, default_threads,
 };
+use fnhost::supervisor::process::WorkerLimits;
+use fnhost::supervisor::{MAX_WORKERS, Supervisor, SupervisorConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use super::DEFAULT_LOG_FILTER;
 
 /// Settings of `fnhost serve`. Each flag also reads the environment variable
 /// named in its help; a flag wins over the variable.
@@ -100,6 +103,23 @@ pub struct ServeCommand {
     /// Compile the component on every start; neither read nor write the cache.
     #[arg(long)]
     no_cache: bool,
+
+    /// Worker processes that run the guests (1 to 64); each has its own engine and lanes.
+    #[arg(long, env = "FNHOST_WORKER_PROCESS_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS as u64), value_name = "N")]
+    workers: u64,
+
+    /// Address of the admin endpoint (/health, /ready, /workers, /metrics, POST /drain); off unless set.
+    #[arg(long, env = "FNHOST_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+
+    /// Writable memory per worker process (RLIMIT_DATA); none by default.
+    #[arg(long, env = "FNHOST_WORKER_MEMORY", value_parser = parse_size, value_name = "SIZE")]
+    worker_memory: Option<u64>,
+
+    /// Run guests inside this process instead of worker processes: no crash
+    /// isolation, no admin endpoint. For embedding-like setups and benchmarks.
+    #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory"])]
+    in_process: bool,
 }
 
 impl ServeCommand {
@@ -147,56 +167,71 @@ impl ServeCommand {
         }
     }
 
-    /// Loads the component, binds, serves until a signal, drains.
+    /// Serves until a signal, then drains: through worker processes, or in
+    /// this process with `--in-process`.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let config = self.config();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
+        if self.in_process {
+            self.serve_in_process(runtime)
+        } else {
+            self.supervise(runtime)
+        }
+    }
+
+    /// Checks the component, binds, and runs the supervisor.
+    fn supervise(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+        // The cheap checks (the file exists and is a component) here, so the
+        // common mistakes fail before any process starts; the worker reports
+        // the rest (no handler, link errors) and the supervisor exits 2.
+        fnhost::component::read(&self.component)?;
+        let config = SupervisorConfig {
+            component: self.component.clone(),
+            host: self.config(),
+            workers: self.workers as usize,
+            limits: WorkerLimits {
+                memory: self.worker_memory,
+            },
+            log_filter: std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
+        };
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(config.host.listen)
+                .await
+                .with_context(|| format!("--listen {}: cannot bind", config.host.listen))?;
+            let admin = match self.admin {
+                Some(address) => Some(
+                    tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("--admin {address}: cannot bind"))?,
+                ),
+                None => None,
+            };
+            Supervisor::run(config, listener, admin, shutdown_signal()).await
+        })
+    }
+
+    /// Loads the component into this process, binds, serves until a signal, drains.
+    fn serve_in_process(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+        let config = self.config();
         let host = {
             let _entered = runtime.enter();
             Host::builder(config.clone())
                 .component(&self.component)
                 .build()?
         };
-        let summary = host.summary();
-        let lane_source = match (config.execution.mode, summary.lane_marker) {
-            _ if summary.wasip3 => "WASIp3 components always run in it",
-            (Mode::Auto, Some(_)) => "from the component's marker",
-            (Mode::Auto, None) => "no marker: the default",
-            _ => "from --mode",
-        };
-        tracing::info!(
-            "loaded {} in {} ms ({}; {}; {} allocator); {} lane ({lane_source}){}",
-            summary.path.display(),
-            summary.load_time.as_millis(),
-            summary.handler.describe(),
-            if summary.from_cache {
-                "compile cache hit"
-            } else {
-                "compiled"
-            },
-            summary.allocator,
-            summary.lane,
-            match summary.lane {
-                Lane::Sync => format!(
-                    ", {} threads, queue depth {}",
-                    config.execution.threads, config.execution.queue_depth
-                ),
-                Lane::Async if summary.wasip3 => format!(
-                    ", up to {} calls at once per instance",
-                    config.execution.max_concurrent_reuse
-                ),
-                Lane::Async => format!(", yield every {} fuel", config.execution.yield_fuel),
-            },
-        );
+        tracing::info!("{}", host.describe_load());
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
             let address = listener.local_addr()?;
-            tracing::info!("serving {} on http://{address}", self.component.display());
+            tracing::info!(
+                "serving {} on http://{address} in process",
+                self.component.display()
+            );
             let drained = host.serve(listener, shutdown_signal()).await;
             if drained {
                 tracing::info!("drained; exiting");

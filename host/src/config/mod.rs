@@ -7,6 +7,7 @@
 
 pub mod parse;
 
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,7 +32,7 @@ pub const DEFAULT_QUEUE_DEPTH_PER_THREAD: usize = 64;
 pub const MAX_THREADS: usize = 1024;
 
 /// Everything a host needs to serve, resolved and validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostConfig {
     /// Address of the HTTP trigger.
     pub listen: SocketAddr,
@@ -65,7 +66,7 @@ impl Default for HostConfig {
 
 /// Limits on what an HTTP client may send; over a limit the host answers
 /// 413, 414 or 431 without running the guest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HttpLimits {
     /// Largest request body in bytes (413 beyond).
     pub max_body: u64,
@@ -93,7 +94,7 @@ impl Default for HttpLimits {
 }
 
 /// Limits that apply to every invocation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InvocationLimits {
     /// Wall clock per invocation, response body included (504 beyond).
     pub timeout: Duration,
@@ -111,7 +112,7 @@ impl Default for InvocationLimits {
 }
 
 /// The execution lane requested with `--mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
     /// Use the lane the component's marker asks for; async without a marker.
     Auto,
@@ -146,7 +147,7 @@ impl Mode {
 }
 
 /// The two ways fnhost runs a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lane {
     /// As a future on the tokio event loop, yielding every `--yield-fuel`.
     Async,
@@ -164,7 +165,7 @@ impl std::fmt::Display for Lane {
 }
 
 /// How guests are executed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExecutionConfig {
     /// Which lane (`--mode`).
     pub mode: Mode,
@@ -214,7 +215,7 @@ pub fn default_threads() -> usize {
 }
 
 /// What a guest is granted. The default grants nothing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GuestGrants {
     /// Environment variables the guest sees (`--env K=V`).
     pub env: Vec<(String, String)>,
@@ -225,7 +226,7 @@ pub struct GuestGrants {
 }
 
 /// A host directory the guest may use, and the path it sees it at.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DirGrant {
     /// The directory on the host.
     pub host: PathBuf,
@@ -234,7 +235,7 @@ pub struct DirGrant {
 }
 
 /// An HTTP origin: scheme, host and port, as in `https://api.example.com:443`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Origin {
     /// `http` or `https`.
     pub scheme: String,

@@ -36,6 +36,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub use outbound::MAX_CONNECT_TIMEOUT;
+pub use state::live_instances;
 
 /// Everything an executor needs besides the component.
 #[derive(Clone, Debug)]

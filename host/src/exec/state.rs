@@ -67,6 +67,7 @@ impl StoreState {
         for dir in &grants.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
         }
+        LIVE_STORES.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
@@ -82,6 +83,21 @@ impl StoreState {
         self.invocation.set(id);
         self.limiter.exceeded = false;
     }
+}
+
+impl Drop for StoreState {
+    fn drop(&mut self) {
+        LIVE_STORES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Stores (one per instance) alive in this process.
+static LIVE_STORES: AtomicU64 = AtomicU64::new(0);
+
+/// Instances alive in this process: warm ones waiting for a call and those
+/// running one.
+pub fn live_instances() -> u64 {
+    LIVE_STORES.load(Ordering::Relaxed)
 }
 
 impl WasiView for StoreState {

@@ -1,0 +1,486 @@
+//! The workers as one [`Dispatch`]: each invocation goes to the ready worker
+//! with the fewest in flight (ties taken in turn), over that worker's
+//! channel; its response streams back the same way.
+//!
+//! A [`WorkerLink`] is one live worker process's side of the channel: the
+//! invocations pending on it, its counters, and the reader that turns the
+//! worker's messages into responses. When the worker goes away, every
+//! invocation pending on it fails at once with `worker-lost`.
+
+use crate::config::Lane;
+use crate::invocation::{
+    Body, BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError,
+};
+use crate::ipc::{self, ChannelBody, InvokeHead, ToSupervisor, ToWorker};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncRead;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// How long past `--timeout` the supervisor waits for a worker's answer
+/// before it gives the client 504 and recycles the worker. The worker
+/// enforces the timeout itself; overrunning it this far means the worker is
+/// stuck (stopped, deadlocked, or blocked in a host call).
+pub const OVERRUN_GRACE: Duration = Duration::from_secs(2);
+
+/// Counters of one worker slot, kept across its restarts.
+#[derive(Debug, Default)]
+pub struct SlotCounters {
+    /// Invocations finished, any outcome.
+    pub completed: AtomicU64,
+    /// Invocations that failed (a failure class or a lost worker).
+    pub failures: AtomicU64,
+    /// Times a new process took the slot after one exited.
+    pub restarts: AtomicU64,
+}
+
+/// A response head on its way from the reader to the waiting dispatch.
+type HeadResult = Result<http::Response<Body>, InvocationError>;
+
+struct Pending {
+    head: Option<oneshot::Sender<HeadResult>>,
+    body: Option<mpsc::UnboundedSender<Result<Bytes, BodyError>>>,
+    started: Instant,
+}
+
+/// The supervisor's side of one live worker process.
+pub struct WorkerLink {
+    /// The worker's slot.
+    pub slot: usize,
+    /// The worker's process id.
+    pub pid: u32,
+    /// When the process started.
+    pub started: Instant,
+    /// The lane its component runs in.
+    pub lane: Lane,
+    to_worker: mpsc::UnboundedSender<ToWorker>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    in_flight: AtomicUsize,
+    instances: AtomicU64,
+    counters: Arc<SlotCounters>,
+    metrics: Arc<Metrics>,
+    function: Arc<str>,
+    lost: AtomicBool,
+    overran: AtomicBool,
+    recycle: Notify,
+}
+
+impl WorkerLink {
+    /// A link for a worker that has reported ready.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        slot: usize,
+        pid: u32,
+        started: Instant,
+        lane: Lane,
+        to_worker: mpsc::UnboundedSender<ToWorker>,
+        counters: Arc<SlotCounters>,
+        metrics: Arc<Metrics>,
+        function: Arc<str>,
+    ) -> Self {
+        Self {
+            slot,
+            pid,
+            started,
+            lane,
+            to_worker,
+            pending: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            instances: AtomicU64::new(0),
+            counters,
+            metrics,
+            function,
+            lost: AtomicBool::new(false),
+            overran: AtomicBool::new(false),
+            recycle: Notify::new(),
+        }
+    }
+
+    /// Invocations sent to this worker and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Instances alive in the worker, as it last reported.
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// Whether the supervisor asked for this worker to be recycled because
+    /// an invocation overran its deadline.
+    pub fn overran(&self) -> bool {
+        self.overran.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the link asks its slot to kill the process.
+    pub async fn recycle_requested(&self) {
+        self.recycle.notified().await;
+    }
+
+    /// Asks the worker to finish and exit.
+    pub fn shutdown(&self) {
+        let _ = self.to_worker.send(ToWorker::Shutdown);
+    }
+
+    /// Reads the worker's messages until the channel closes or carries
+    /// garbage; returns why it stopped.
+    pub async fn read_loop<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        mut reader: ipc::MessageReader<R, ToSupervisor>,
+    ) -> String {
+        loop {
+            match ipc::next_message(&mut reader).await {
+                Ok(Some(message)) => {
+                    if let Err(problem) = self.handle(message) {
+                        return format!("protocol error: {problem}");
+                    }
+                }
+                Ok(None) => return "channel closed".to_string(),
+                Err(error) => return format!("protocol error: {error}"),
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, message: ToSupervisor) -> Result<(), String> {
+        match message {
+            ToSupervisor::ResponseHead {
+                id,
+                status,
+                headers,
+            } => {
+                let status = http::StatusCode::from_u16(status)
+                    .map_err(|_| format!("invalid status {status}"))?;
+                let headers = ipc::headers_from_wire(headers)?;
+                let (sender, body) = ChannelBody::new();
+                let link = self.clone();
+                let body = body.on_drop(move |finished| {
+                    if !finished {
+                        link.cancel(id);
+                    }
+                });
+                let mut response = http::Response::new(body.boxed_unsync());
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                let mut pending = self.pending.lock().expect("pending map");
+                if let Some(entry) = pending.get_mut(&id) {
+                    entry.body = Some(sender);
+                    if let Some(head) = entry.head.take() {
+                        let _ = head.send(Ok(response));
+                    }
+                }
+            }
+            ToSupervisor::ResponseBody { id, chunk } => {
+                let pending = self.pending.lock().expect("pending map");
+                if let Some(body) = pending.get(&id).and_then(|p| p.body.as_ref()) {
+                    let _ = body.send(Ok(chunk));
+                }
+            }
+            ToSupervisor::ResponseEnd { id } => self.finish(id, "ok", None),
+            ToSupervisor::ResponseAbort { id, detail } => {
+                tracing::warn!(
+                    "[{id:016x}] response body failed in worker {}: {detail}",
+                    self.slot
+                );
+                self.finish(id, "trap", Some(BodyError::Transport(detail)));
+            }
+            ToSupervisor::Failed { id, kind, detail } => {
+                let entry = self.take(id);
+                if let Some(mut entry) = entry {
+                    self.count(kind.as_str(), entry.started);
+                    if let Some(head) = entry.head.take() {
+                        let _ = head.send(Err(InvocationError::new(kind, detail)));
+                    }
+                }
+            }
+            ToSupervisor::Stats { instances } => {
+                self.instances.store(instances, Ordering::Relaxed);
+            }
+            ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
+                return Err("a start-up message from a running worker".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers an invocation before its head is sent.
+    fn register(&self, id: u64) -> oneshot::Receiver<HeadResult> {
+        let (head, receiver) = oneshot::channel();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        self.pending.lock().expect("pending map").insert(
+            id,
+            Pending {
+                head: Some(head),
+                body: None,
+                started: Instant::now(),
+            },
+        );
+        receiver
+    }
+
+    /// Removes a pending invocation, keeping the in-flight counts right.
+    fn take(&self, id: u64) -> Option<Pending> {
+        let entry = self.pending.lock().expect("pending map").remove(&id);
+        if entry.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.in_flight.dec();
+        }
+        entry
+    }
+
+    fn count(&self, outcome: &str, started: Instant) {
+        self.counters.completed.fetch_add(1, Ordering::Relaxed);
+        if outcome != "ok" && outcome != "cancelled" {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .record(&self.function, self.lane, outcome, started.elapsed());
+    }
+
+    /// Ends an invocation whose response was streaming.
+    fn finish(&self, id: u64, outcome: &str, error: Option<BodyError>) {
+        if let Some(entry) = self.take(id) {
+            self.count(outcome, entry.started);
+            if let (Some(body), Some(error)) = (entry.body, error) {
+                let _ = body.send(Err(error));
+            }
+        }
+    }
+
+    /// The client went away: stop the invocation in the worker.
+    fn cancel(&self, id: u64) {
+        if let Some(entry) = self.take(id) {
+            self.count("cancelled", entry.started);
+            let _ = self.to_worker.send(ToWorker::Cancel { id });
+        }
+    }
+
+    /// An invocation overran its deadline plus [`OVERRUN_GRACE`]: fail it
+    /// as a timeout and have the slot kill the worker.
+    fn overrun(&self, id: u64) {
+        if let Some(entry) = self.take(id) {
+            self.count(FailureKind::Timeout.as_str(), entry.started);
+        }
+        self.overran.store(true, Ordering::Relaxed);
+        self.recycle.notify_one();
+    }
+
+    /// The worker is gone: fail everything pending on it with `worker-lost`.
+    pub fn lose(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+        let drained: Vec<(u64, Pending)> =
+            self.pending.lock().expect("pending map").drain().collect();
+        for (id, mut entry) in drained {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.in_flight.dec();
+            self.count(FailureKind::WorkerLost.as_str(), entry.started);
+            let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
+            if let Some(head) = entry.head.take() {
+                let _ = head.send(Err(InvocationError::new(FailureKind::WorkerLost, detail)));
+            } else if let Some(body) = entry.body.take() {
+                tracing::warn!("[{id:016x}] response cut short: {detail}");
+                let _ = body.send(Err(BodyError::Transport(detail)));
+            }
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes a pending invocation if the dispatch future is dropped before
+/// its response head arrives (the client disconnected).
+struct CancelOnDrop {
+    link: Arc<WorkerLink>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.link.cancel(self.id);
+        }
+    }
+}
+
+/// The ready workers, as a [`Dispatch`].
+pub struct WorkerPool {
+    links: RwLock<Vec<Option<Arc<WorkerLink>>>>,
+    turn: AtomicUsize,
+    deadline: Duration,
+}
+
+impl WorkerPool {
+    /// A pool of `slots` slots, none ready yet; invocations running longer
+    /// than `timeout` plus [`OVERRUN_GRACE`] recycle their worker.
+    pub fn new(slots: usize, timeout: Duration) -> Self {
+        Self {
+            links: RwLock::new(vec![None; slots]),
+            turn: AtomicUsize::new(0),
+            deadline: timeout + OVERRUN_GRACE,
+        }
+    }
+
+    /// Puts a ready worker into its slot.
+    pub fn install(&self, link: Arc<WorkerLink>) {
+        let mut links = self.links.write().expect("pool");
+        let slot = link.slot;
+        if links.len() <= slot {
+            links.resize(slot + 1, None);
+        }
+        links[slot] = Some(link);
+    }
+
+    /// Takes a worker out of its slot (it exited or is being retired).
+    pub fn remove(&self, slot: usize) {
+        if let Some(entry) = self.links.write().expect("pool").get_mut(slot) {
+            *entry = None;
+        }
+    }
+
+    /// The live links, by slot.
+    pub fn links(&self) -> Vec<Option<Arc<WorkerLink>>> {
+        self.links.read().expect("pool").clone()
+    }
+
+    /// The ready worker with the fewest invocations in flight; among equals,
+    /// the next in turn, so uniform load spreads evenly.
+    fn pick(&self) -> Option<Arc<WorkerLink>> {
+        let links = self.links.read().expect("pool");
+        let count = links.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
+        let mut best: Option<&Arc<WorkerLink>> = None;
+        for offset in 0..count {
+            let Some(link) = &links[(start + offset) % count] else {
+                continue;
+            };
+            if link.is_lost() {
+                continue;
+            }
+            if best.is_none_or(|b| link.in_flight() < b.in_flight()) {
+                best = Some(link);
+            }
+        }
+        best.cloned()
+    }
+}
+
+/// Runs one invocation on `link` (none: no worker is ready).
+async fn run(
+    link: Option<Arc<WorkerLink>>,
+    deadline: Duration,
+    invocation: HttpInvocation,
+) -> DispatchResult {
+    let Some(link) = link else {
+        return Err(InvocationError::new(
+            FailureKind::Capacity,
+            "no worker is ready",
+        ));
+    };
+    let id = invocation.id.to_u64();
+    let (parts, body) = invocation.request.into_parts();
+    let body_empty = body.is_end_stream();
+    let head = link.register(id);
+    let mut guard = CancelOnDrop {
+        link: link.clone(),
+        id,
+        armed: true,
+    };
+    let sent = link.to_worker.send(ToWorker::Invoke(Box::new(InvokeHead {
+        id,
+        method: parts.method.as_str().to_string(),
+        uri: parts.uri.to_string(),
+        headers: ipc::headers_to_wire(&parts.headers),
+        body_empty,
+    })));
+    if sent.is_err() {
+        guard.armed = false;
+        link.take(id);
+        return Err(InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) is gone", link.slot, link.pid),
+        ));
+    }
+    if !body_empty {
+        tokio::spawn(send_request_body(link.clone(), id, body));
+    }
+    let outcome = tokio::time::timeout(deadline, head).await;
+    guard.armed = false;
+    match outcome {
+        Ok(Ok(result)) => result,
+        // The reader dropped the sender without an answer: the link is gone.
+        Ok(Err(_)) => Err(InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) exited", link.slot, link.pid),
+        )),
+        Err(_) => {
+            tracing::error!(
+                "[{id:016x}] worker {} (pid {}) gave no answer within --timeout + {} s; recycling it",
+                link.slot,
+                link.pid,
+                OVERRUN_GRACE.as_secs()
+            );
+            link.overrun(id);
+            Err(InvocationError::new(
+                FailureKind::Timeout,
+                "the worker overran the deadline and is being recycled",
+            ))
+        }
+    }
+}
+
+/// Streams a request body to the worker in bounded chunks.
+async fn send_request_body(link: Arc<WorkerLink>, id: u64, mut body: Body) {
+    loop {
+        let message = match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    for chunk in ipc::chunks(data) {
+                        if link
+                            .to_worker
+                            .send(ToWorker::RequestBody { id, chunk })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Err(_trailers) => continue,
+            },
+            Some(Err(error)) => ToWorker::RequestAbort {
+                id,
+                too_large: match error {
+                    BodyError::TooLarge { limit } => Some(limit),
+                    BodyError::Transport(_) => None,
+                },
+                reason: error.to_string(),
+            },
+            None => ToWorker::RequestEnd { id },
+        };
+        let _ = link.to_worker.send(message);
+        return;
+    }
+}
+
+impl Dispatch for WorkerPool {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        Box::pin(run(self.pick(), self.deadline, invocation))
+    }
+}

@@ -1,0 +1,350 @@
+//! The worker process: `fnhost worker`, started by the supervisor, never by
+//! hand. It reads its settings from the channel on fd 3, loads the
+//! component into its own engine and lanes, then runs invocations the
+//! supervisor sends until told to shut down or the channel closes.
+
+use crate::Host;
+use crate::component::one_line;
+use crate::invocation::{BodyError, HttpInvocation, InvocationId};
+use crate::ipc::{self, ChannelBody, ToSupervisor, ToWorker, WorkerInit, WorkerReady};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
+use tokio_util::codec::Decoder;
+
+/// The file descriptor of the worker's end of the channel.
+pub const CHANNEL_FD: RawFd = 3;
+/// How often a worker reports its statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Exit code of a worker that could not load the component.
+pub const EXIT_START_FAILED: u8 = 2;
+/// Exit code of a worker whose channel carried something it cannot read.
+pub const EXIT_PROTOCOL: u8 = 3;
+
+/// Runs the worker until shutdown. Logging is set up here from the filter
+/// the supervisor sends, as the worker's environment is empty.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut channel = take_channel()?;
+    let init = read_init(&mut channel)?;
+    init_logging(&init.log_filter);
+    let sender_channel = channel.try_clone()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(init.runtime_threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(init, channel, sender_channel))
+}
+
+/// Takes fd 3, checking that it is a socket (someone running `fnhost
+/// worker` by hand gets a clear error instead of a hang).
+fn take_channel() -> anyhow::Result<UnixStream> {
+    // SAFETY: fstat only writes into the struct we own.
+    let is_socket = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(CHANNEL_FD, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    if !is_socket {
+        anyhow::bail!(
+            "`fnhost worker` is started by `fnhost serve --workers N`; fd {CHANNEL_FD} is not its channel"
+        );
+    }
+    // SAFETY: fd 3 is a socket the supervisor gave this process, owned by
+    // nothing else in it.
+    Ok(unsafe { UnixStream::from_raw_fd(CHANNEL_FD) })
+}
+
+/// Reads the `Init` message with blocking reads (the runtime's size is in it).
+fn read_init(channel: &mut UnixStream) -> anyhow::Result<WorkerInit> {
+    let mut codec = ipc::MessageCodec::<ToWorker, ()>::default();
+    let mut buffer = BytesMut::with_capacity(4096);
+    let mut scratch = [0u8; 4096];
+    loop {
+        if let Some(message) = codec.decode(&mut buffer)? {
+            let ToWorker::Init(init) = message else {
+                anyhow::bail!("the supervisor's first message was not Init");
+            };
+            return Ok(*init);
+        }
+        let read = channel.read(&mut scratch)?;
+        if read == 0 {
+            anyhow::bail!("the supervisor closed the channel before sending Init");
+        }
+        buffer.extend_from_slice(&scratch[..read]);
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fnhost=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
+
+/// Invocations running in this worker: how to feed each one's request body
+/// and how to stop it.
+#[derive(Default)]
+struct Running {
+    invocations: Mutex<HashMap<u64, RunningInvocation>>,
+}
+
+struct RunningInvocation {
+    body: Option<UnboundedSender<Result<Bytes, BodyError>>>,
+    task: Option<AbortHandle>,
+}
+
+impl Running {
+    fn feed(&self, id: u64, item: Result<Bytes, BodyError>) {
+        let invocations = self.invocations.lock().expect("running map");
+        if let Some(body) = invocations.get(&id).and_then(|r| r.body.as_ref()) {
+            let _ = body.send(item);
+        }
+    }
+
+    fn end_body(&self, id: u64) {
+        if let Some(running) = self.invocations.lock().expect("running map").get_mut(&id) {
+            running.body = None;
+        }
+    }
+
+    fn finish(&self, id: u64) {
+        self.invocations.lock().expect("running map").remove(&id);
+    }
+
+    fn cancel(&self, id: u64) {
+        let removed = self.invocations.lock().expect("running map").remove(&id);
+        if let Some(task) = removed.and_then(|r| r.task) {
+            task.abort();
+        }
+    }
+}
+
+async fn serve(
+    init: WorkerInit,
+    channel: UnixStream,
+    sender_channel: UnixStream,
+) -> anyhow::Result<ExitCode> {
+    channel.set_nonblocking(true)?;
+    sender_channel.set_nonblocking(true)?;
+    let mut reader = ipc::reader::<_, ToWorker>(tokio::net::UnixStream::from_std(channel)?);
+    let (to_supervisor, writer) =
+        ipc::spawn_writer::<_, ToSupervisor>(tokio::net::UnixStream::from_std(sender_channel)?);
+
+    if init.protocol != ipc::PROTOCOL_VERSION {
+        let message = format!(
+            "worker speaks IPC protocol {}, the supervisor {} (was the binary replaced?)",
+            ipc::PROTOCOL_VERSION,
+            init.protocol
+        );
+        return Ok(start_failed(to_supervisor, writer, message).await);
+    }
+    let host = match Host::builder(init.config)
+        .component(&init.component)
+        .build()
+    {
+        Ok(host) => host,
+        Err(error) => {
+            return Ok(start_failed(to_supervisor, writer, one_line(&error)).await);
+        }
+    };
+    tracing::info!(
+        "worker {} (pid {}): {}",
+        init.slot,
+        std::process::id(),
+        host.describe_load()
+    );
+    let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
+        protocol: ipc::PROTOCOL_VERSION,
+        lane: host.summary().lane,
+    })));
+    let stats = to_supervisor.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(STATS_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let instances = crate::exec::live_instances();
+            if stats.send(ToSupervisor::Stats { instances }).is_err() {
+                return;
+            }
+        }
+    });
+
+    let dispatch = host.dispatch();
+    let running = Arc::new(Running::default());
+    loop {
+        let message = match ipc::next_message(&mut reader).await {
+            Ok(Some(message)) => message,
+            // The supervisor is gone; nobody is waiting for our answers.
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                tracing::error!(
+                    "worker {}: unreadable message from the supervisor: {error}",
+                    init.slot
+                );
+                return Ok(ExitCode::from(EXIT_PROTOCOL));
+            }
+        };
+        match message {
+            ToWorker::Invoke(head) => {
+                let id = head.id;
+                let (body_sender, body) = if head.body_empty {
+                    (
+                        None,
+                        Empty::new().map_err(|never| match never {}).boxed_unsync(),
+                    )
+                } else {
+                    let (sender, body) = ChannelBody::new();
+                    (Some(sender), body.boxed_unsync())
+                };
+                let mut invocations = running.invocations.lock().expect("running map");
+                let task = tokio::spawn(invoke(
+                    dispatch.clone(),
+                    *head,
+                    body,
+                    to_supervisor.clone(),
+                    running.clone(),
+                ));
+                invocations.insert(
+                    id,
+                    RunningInvocation {
+                        body: body_sender,
+                        task: Some(task.abort_handle()),
+                    },
+                );
+            }
+            ToWorker::RequestBody { id, chunk } => running.feed(id, Ok(chunk)),
+            ToWorker::RequestEnd { id } => running.end_body(id),
+            ToWorker::RequestAbort {
+                id,
+                reason,
+                too_large,
+            } => {
+                let error = match too_large {
+                    Some(limit) => BodyError::TooLarge { limit },
+                    None => BodyError::Transport(reason),
+                };
+                running.feed(id, Err(error));
+                running.end_body(id);
+            }
+            ToWorker::Cancel { id } => running.cancel(id),
+            ToWorker::Shutdown => {
+                tracing::info!("worker {}: shutting down", init.slot);
+                return Ok(ExitCode::SUCCESS);
+            }
+            ToWorker::Init(_) => {
+                tracing::error!("worker {}: a second Init from the supervisor", init.slot);
+                return Ok(ExitCode::from(EXIT_PROTOCOL));
+            }
+        }
+    }
+}
+
+/// Reports a start failure and waits until the writer has sent it.
+async fn start_failed(
+    to_supervisor: UnboundedSender<ToSupervisor>,
+    writer: tokio::task::JoinHandle<()>,
+    message: String,
+) -> ExitCode {
+    tracing::debug!("start failed: {message}");
+    let _ = to_supervisor.send(ToSupervisor::StartFailed { message });
+    drop(to_supervisor);
+    let _ = writer.await;
+    ExitCode::from(EXIT_START_FAILED)
+}
+
+/// Runs one invocation and streams its outcome back.
+async fn invoke(
+    dispatch: Arc<dyn crate::Dispatch>,
+    head: ipc::InvokeHead,
+    body: crate::invocation::Body,
+    to_supervisor: UnboundedSender<ToSupervisor>,
+    running: Arc<Running>,
+) {
+    let id = head.id;
+    let request = match build_request(head, body) {
+        Ok(request) => request,
+        Err(detail) => {
+            running.finish(id);
+            let _ = to_supervisor.send(ToSupervisor::Failed {
+                id,
+                kind: crate::FailureKind::Trap,
+                detail: format!("malformed request from the supervisor: {detail}"),
+            });
+            return;
+        }
+    };
+    let invocation = HttpInvocation {
+        id: InvocationId::from_u64(id),
+        request,
+    };
+    let response = match dispatch.dispatch_http(invocation).await {
+        Ok(response) => response,
+        Err(error) => {
+            running.finish(id);
+            let _ = to_supervisor.send(ToSupervisor::Failed {
+                id,
+                kind: error.kind,
+                detail: error.detail,
+            });
+            return;
+        }
+    };
+    let (parts, mut body) = response.into_parts();
+    let _ = to_supervisor.send(ToSupervisor::ResponseHead {
+        id,
+        status: parts.status.as_u16(),
+        headers: ipc::headers_to_wire(&parts.headers),
+    });
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    for chunk in ipc::chunks(data) {
+                        let _ = to_supervisor.send(ToSupervisor::ResponseBody { id, chunk });
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                let _ = to_supervisor.send(ToSupervisor::ResponseAbort {
+                    id,
+                    detail: error.to_string(),
+                });
+                break;
+            }
+            None => {
+                let _ = to_supervisor.send(ToSupervisor::ResponseEnd { id });
+                break;
+            }
+        }
+    }
+    running.finish(id);
+}
+
+fn build_request(
+    head: ipc::InvokeHead,
+    body: crate::invocation::Body,
+) -> Result<http::Request<crate::invocation::Body>, String> {
+    let method = http::Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| format!("invalid method {:?}", head.method))?;
+    let uri: http::Uri = head
+        .uri
+        .parse()
+        .map_err(|_| format!("invalid target {:?}", head.uri))?;
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = ipc::headers_from_wire(head.headers)?;
+    Ok(request)
+}
