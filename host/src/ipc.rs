@@ -106,6 +106,8 @@ pub struct InvokeHead {
     pub headers: Vec<(String, Bytes)>,
     /// Whether the request has no body at all (no body frames follow).
     pub body_empty: bool,
+    /// The body's length, when the client declared it.
+    pub body_length: Option<u64>,
 }
 
 /// What a worker tells the supervisor.
@@ -126,6 +128,8 @@ pub enum ToSupervisor {
         status: u16,
         /// Header fields in order.
         headers: Vec<(String, Bytes)>,
+        /// The body's length, when the guest's body knows it exactly.
+        body_length: Option<u64>,
     },
     /// The next piece of a response body.
     ResponseBody {
@@ -262,7 +266,8 @@ where
     (sender, task)
 }
 
-/// Reads the next message, mapping a clean end of stream to `Ok(None)`.
+/// Reads the next message, mapping the end of the stream (the peer closed
+/// it, or died and the kernel reset it) to `Ok(None)`.
 pub async fn next_message<R, In>(
     reader: &mut MessageReader<R, In>,
 ) -> Result<Option<In>, ProtocolError>
@@ -270,7 +275,17 @@ where
     R: AsyncRead + Unpin,
     In: for<'de> Deserialize<'de>,
 {
-    reader.next().await.transpose()
+    match reader.next().await.transpose() {
+        Err(ProtocolError::Io(error))
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 /// Splits `bytes` into chunks of at most [`MAX_CHUNK`] bytes without copying.
@@ -316,6 +331,7 @@ pub fn headers_from_wire(fields: Vec<(String, Bytes)>) -> Result<http::HeaderMap
 /// stream ends when the sender is dropped; an `Err` item fails it.
 pub struct ChannelBody {
     chunks: mpsc::UnboundedReceiver<Result<Bytes, BodyError>>,
+    length: Option<u64>,
     on_drop: Option<Box<dyn FnOnce(bool) + Send>>,
     finished: bool,
 }
@@ -326,10 +342,17 @@ impl ChannelBody {
         let (sender, chunks) = mpsc::unbounded_channel();
         let body = Self {
             chunks,
+            length: None,
             on_drop: None,
             finished: false,
         };
         (sender, body)
+    }
+
+    /// Declares the body's exact length (passed on as its size hint).
+    pub fn with_length(mut self, length: Option<u64>) -> Self {
+        self.length = length;
+        self
     }
 
     /// Runs `hook` when the body is dropped, with whether it was read to
@@ -376,6 +399,13 @@ impl hyper::body::Body for ChannelBody {
     fn is_end_stream(&self) -> bool {
         self.finished
     }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.length {
+            Some(length) => hyper::body::SizeHint::with_exact(length),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,14 +429,16 @@ mod tests {
             id: 7,
             status: 201,
             headers: vec![("x-a".into(), Bytes::from_static(b"1"))],
+            body_length: Some(3),
         });
         match decoded {
             ToSupervisor::ResponseHead {
                 id,
                 status,
                 headers,
+                body_length,
             } => {
-                assert_eq!((id, status), (7, 201));
+                assert_eq!((id, status, body_length), (7, 201, Some(3)));
                 assert_eq!(headers[0].1, Bytes::from_static(b"1"));
             }
             other => panic!("decoded {other:?}"),

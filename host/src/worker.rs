@@ -9,6 +9,7 @@ use crate::invocation::{BodyError, HttpInvocation, InvocationId};
 use crate::ipc::{self, ChannelBody, ToSupervisor, ToWorker, WorkerInit, WorkerReady};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Body as _;
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{FromRawFd, RawFd};
@@ -206,7 +207,10 @@ async fn serve(
                     )
                 } else {
                     let (sender, body) = ChannelBody::new();
-                    (Some(sender), body.boxed_unsync())
+                    (
+                        Some(sender),
+                        body.with_length(head.body_length).boxed_unsync(),
+                    )
                 };
                 let mut invocations = running.invocations.lock().expect("running map");
                 let task = tokio::spawn(invoke(
@@ -306,6 +310,7 @@ async fn invoke(
         id,
         status: parts.status.as_u16(),
         headers: ipc::headers_to_wire(&parts.headers),
+        body_length: body.size_hint().exact(),
     });
     loop {
         match body.frame().await {

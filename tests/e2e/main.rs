@@ -14,3 +14,4 @@ mod serve;
 mod shutdown;
 mod start_errors;
 mod wasip3;
+mod workers;

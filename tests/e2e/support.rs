@@ -81,22 +81,7 @@ impl Server {
 
     /// Serves `wasm` with exactly `args` (plus `--listen 127.0.0.1:0`).
     pub fn start_with(wasm: &Path, args: &[String]) -> Server {
-        let mut child = Command::new(fnhost_bin())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .arg(wasm)
-            .env("RUST_LOG", "fnhost=info")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning fnhost");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx));
-        collect_lines(child.stdout.take().unwrap(), log.clone(), None);
+        let (mut child, log, addr_rx) = spawn_serve(wasm, args);
         let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr,
             Err(_) => {
@@ -111,9 +96,38 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Starts `fnhost serve` for a test that expects it to exit without
+    /// ever serving (its address is unspecified).
+    pub fn start_expecting_exit(wasm: &Path, args: &[&str]) -> Server {
+        let mut full: Vec<String> = vec![
+            "--cache-dir".into(),
+            shared_cache_dir().display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let (child, log, _addr_rx) = spawn_serve(wasm, &full);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Server { child, addr, log }
+    }
+
     /// `http://ADDR` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://ADMIN` + `path`, for a host started with `--admin`.
+    pub fn admin_url(&self, path: &str) -> String {
+        let line = self.wait_for_log("admin endpoint at http://", Duration::from_secs(5));
+        let addr = line
+            .split("admin endpoint at http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the admin line names an address");
+        format!("http://{addr}{path}")
+    }
+
+    /// The host process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the host printed so far (stderr and stdout, by line).
@@ -167,6 +181,29 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// Spawns `fnhost serve --listen 127.0.0.1:0 ARGS WASM`, collecting its output.
+fn spawn_serve(wasm: &Path, args: &[String]) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
+    let mut child = Command::new(fnhost_bin())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg(wasm)
+        .env("RUST_LOG", "fnhost=info")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning fnhost");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx));
+    collect_lines(child.stdout.take().unwrap(), log.clone(), None);
+    (child, log, addr_rx)
 }
 
 fn collect_lines(

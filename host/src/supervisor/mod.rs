@@ -210,16 +210,16 @@ impl Supervisor {
             }
         }
         supervisor.serving.store(true, Ordering::Relaxed);
-        if let Some(admin) = admin {
-            tracing::info!("admin endpoint on http://{}", admin.local_addr()?);
-            tokio::spawn(admin::serve(supervisor.clone(), admin));
-        }
         tracing::info!(
             "serving {} on http://{} with {workers} worker process{}",
             supervisor.config.component.display(),
             listener.local_addr()?,
             if workers == 1 { "" } else { "es" },
         );
+        if let Some(admin) = admin {
+            tracing::info!("admin endpoint at http://{}", admin.local_addr()?);
+            tokio::spawn(admin::serve(supervisor.clone(), admin));
+        }
 
         let crash_loop = async {
             let _ = unhealthy.wait_for(|reason| reason.is_some()).await;
@@ -424,7 +424,7 @@ impl Supervisor {
             channel,
         } = worker;
         self.set_phase(slot, SlotPhase::Starting, Some(pid));
-        tracing::info!("worker {slot} started (pid {pid})");
+        tracing::debug!("worker {slot} started (pid {pid})");
         let (read_half, write_half) = channel.into_split();
         let (to_worker, _writer) = ipc::spawn_writer::<_, ToWorker>(write_half);
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);

@@ -155,13 +155,14 @@ impl WorkerLink {
                 id,
                 status,
                 headers,
+                body_length,
             } => {
                 let status = http::StatusCode::from_u16(status)
                     .map_err(|_| format!("invalid status {status}"))?;
                 let headers = ipc::headers_from_wire(headers)?;
                 let (sender, body) = ChannelBody::new();
                 let link = self.clone();
-                let body = body.on_drop(move |finished| {
+                let body = body.with_length(body_length).on_drop(move |finished| {
                     if !finished {
                         link.cancel(id);
                     }
@@ -393,6 +394,7 @@ async fn run(
     let id = invocation.id.to_u64();
     let (parts, body) = invocation.request.into_parts();
     let body_empty = body.is_end_stream();
+    let body_length = body.size_hint().exact();
     let head = link.register(id);
     let mut guard = CancelOnDrop {
         link: link.clone(),
@@ -405,6 +407,7 @@ async fn run(
         uri: parts.uri.to_string(),
         headers: ipc::headers_to_wire(&parts.headers),
         body_empty,
+        body_length,
     })));
     if sent.is_err() {
         guard.armed = false;
