@@ -151,11 +151,18 @@ class Server:
         raise RuntimeError(f"{self.kind} not ready within {START_TIMEOUT_S}s")
 
     def peak_rss_kib(self):
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-            return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
-        except (OSError, AttributeError):
-            return None
+        """Peak RSS of the server and its child processes (fnhost's workers), summed."""
+        total, pending = 0, [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, AttributeError, ValueError):
+                continue
+        return total or None
 
     def stop(self):
         if self.proc.poll() is None:
@@ -192,15 +199,27 @@ class ServerKind:
 def server_kinds(fnhost, native, wasmtime, quick):
     fnhost_cache = CACHE / "fnhost-compile-cache"
 
-    def fnhost_argv(guest, port, extra, mode=None):
+    def fnhost_argv(guest, port, extra, mode=None, workers=None, in_process=False):
         argv = [str(fnhost), "serve", "--listen", f"127.0.0.1:{port}", "--timeout", "60s",
                 "--cache-dir", str(extra.get("cache_dir", fnhost_cache))]
         if mode:
             argv += ["--mode", mode]
+        if workers:
+            argv += ["--workers", str(workers)]
+        if in_process:
+            argv += ["--in-process"]
+        if "threads" in extra:
+            argv += ["--threads", str(extra["threads"])]
         return [*argv, str(EXAMPLES / f"{guest}.wasm")]
 
     def fnhost_async_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, mode="async")
+
+    def fnhost_in_process_argv(guest, port, extra):
+        return fnhost_argv(guest, port, extra, in_process=True)
+
+    def fnhost_workers_argv(workers):
+        return lambda guest, port, extra: fnhost_argv(guest, port, extra, workers=workers)
 
     def wasm_path(guest, ready):
         return "/?ms=0" if guest == "hog" else ("/?ms=1" if guest == "sleep" and ready else "/")
@@ -212,13 +231,25 @@ def server_kinds(fnhost, native, wasmtime, quick):
     # fnhost runs each guest in the lane its marker asks for (hello and cpu:
     # sync; sleep and hog: async); "fnhost-async" forces the async lane where
     # that differs, which also measures the cost of fuel metering on cpu.
+    # "fnhost" is the default: a supervisor and one worker process. The
+    # worker-count kinds and "fnhost-in-process" (guests in the serving
+    # process) measure what the process boundary costs and what more
+    # workers buy.
+    worker_scenarios = {"hello", "cpu", "cpu-1-thread"}
     kinds = [
-        ServerKind("fnhost", fnhost_argv, wasm_path, only=set(SCENARIOS)),
-        ServerKind("fnhost-async", fnhost_async_argv, wasm_path,
-                   only={"hello-pinned", "hello", "cpu"}),
+        ServerKind("fnhost", fnhost_argv, wasm_path,
+                   only=set(SCENARIOS)),
+        ServerKind("fnhost-in-process", fnhost_in_process_argv, wasm_path,
+                   only=worker_scenarios | {"hello-pinned"}),
+        ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path, only=worker_scenarios),
     ]
     if quick:
         return kinds
+    kinds += [
+        ServerKind("fnhost-4-workers", fnhost_workers_argv(4), wasm_path, only=worker_scenarios),
+        ServerKind("fnhost-async", fnhost_async_argv, wasm_path,
+                   only={"hello-pinned", "hello", "cpu"}),
+    ]
 
     def wasmtime_default(guest, port, extra):
         return [wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
@@ -231,7 +262,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
     def native_argv(guest, port, extra):
         return [str(native), f"127.0.0.1:{port}"]
 
-    others = set(SCENARIOS) - {"sync-lane"}
+    others = set(SCENARIOS) - {"sync-lane", "cpu-1-thread"}
     kinds += [
         ServerKind("wasmtime-default", wasmtime_default, wasm_path, only=others),
         ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path, only=others),
@@ -304,6 +335,15 @@ def scenario_hello(kind, d, pinned):
 
 def scenario_cpu(kind, d):
     server = kind.start("cpu")
+    try:
+        return wrk(server.url(kind.path("cpu")), 8, d["load_s"])
+    finally:
+        server.stop()
+
+
+def scenario_cpu_one_thread(kind, d):
+    """cpu with one sync-lane thread per worker: what more workers buy."""
+    server = kind.start("cpu", extra={"threads": 1})
     try:
         return wrk(server.url(kind.path("cpu")), 8, d["load_s"])
     finally:
@@ -388,6 +428,7 @@ SCENARIOS = {
     "hello-pinned": lambda kind, d: scenario_hello(kind, d, pinned=True),
     "hello": lambda kind, d: scenario_hello(kind, d, pinned=False),
     "cpu": scenario_cpu,
+    "cpu-1-thread": scenario_cpu_one_thread,
     "io": scenario_io,
     "fairness": scenario_fairness,
     "sync-lane": scenario_sync_lane,
@@ -399,6 +440,7 @@ DESCRIPTIONS = {
     "hello-pinned": "hello, `wrk -t1 -c64`, server on core 0, wrk on core 1",
     "hello": "hello, `wrk -t1 -c64`, unpinned",
     "cpu": "cpu (~5 ms of CPU per request), `wrk -t1 -c8`",
+    "cpu-1-thread": "cpu with `--threads 1` (one sync-lane thread per worker), `wrk -t1 -c8`",
     "io": f"sleep {IO_WAIT_MS} ms on a host timer, `wrk -t2 -c{IO_CONNECTIONS}`; "
           f"Little's limit {IO_LIMIT:.0f} req/s",
     "fairness": f"hello (`wrk -t1 -c4 -d2s`) while two requests spin {HOG_MS / 1000:.0f} s without yielding",
@@ -447,6 +489,8 @@ def markdown(summary, environment, args):
     for scenario, by_server in summary.items():
         lines += [f"## {scenario}", "", DESCRIPTIONS[scenario], ""]
         native = by_server.get("native", {})
+        in_process = by_server.get("fnhost-in-process", {})
+        one_worker = by_server.get("fnhost", {})
         wasmtime_best = max((by_server.get(k, {}) for k in ("wasmtime-default", "wasmtime-tuned")),
                             key=lambda r: r.get("rps") or 0, default={})
         if scenario.startswith("cold-start"):
@@ -457,8 +501,9 @@ def markdown(summary, environment, args):
             extra = {"io": "of Little's limit", "fairness": "completed in 2 s",
                      "hello": "peak RSS (MiB)",
                      "sync-lane": "of threads / latency"}.get(scenario)
-            header = "| server | req/s | p50 (ms) | p99 (ms) | errors | × native | × best wasmtime |"
-            sep = "|---|---|---|---|---|---|---|"
+            header = ("| server | req/s | p50 (ms) | p99 (ms) | errors | × native | × best wasmtime "
+                      "| × in-process | × 1 worker |")
+            sep = "|---|---|---|---|---|---|---|---|---|"
             if extra:
                 header += f" {extra} |"
                 sep += "---|"
@@ -467,7 +512,9 @@ def markdown(summary, environment, args):
                 row = (f"| {server} | {fmt(r.get('rps'))} | {fmt(r.get('p50_ms'), 2)} | "
                        f"{fmt(r.get('p99_ms'), 2)} | {fmt(r.get('errors'))} | "
                        f"{ratio(r.get('rps'), native.get('rps'))} | "
-                       f"{ratio(r.get('rps'), wasmtime_best.get('rps'))} |")
+                       f"{ratio(r.get('rps'), wasmtime_best.get('rps'))} | "
+                       f"{ratio(r.get('rps'), in_process.get('rps'))} | "
+                       f"{ratio(r.get('rps'), one_worker.get('rps'))} |")
                 if scenario == "io":
                     row += f" {fmt((r.get('little_fraction') or 0) * 100, 1)}% |"
                 elif scenario == "fairness":
@@ -524,7 +571,8 @@ def main():
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
-                        help="comma-separated subset of: fnhost, wasmtime-default, wasmtime-tuned, native")
+                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, "
+                             "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, native")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2

@@ -130,6 +130,11 @@ pub enum ToSupervisor {
         headers: Vec<(String, Bytes)>,
         /// The body's length, when the guest's body knows it exactly.
         body_length: Option<u64>,
+        /// The start of the body: whatever the guest had written when the
+        /// head was sent (at most [`MAX_CHUNK`] bytes).
+        body_start: Bytes,
+        /// Whether `body_start` is the whole body (no body frames follow).
+        body_complete: bool,
     },
     /// The next piece of a response body.
     ResponseBody {
@@ -430,6 +435,8 @@ mod tests {
             status: 201,
             headers: vec![("x-a".into(), Bytes::from_static(b"1"))],
             body_length: Some(3),
+            body_start: Bytes::from_static(b"abc"),
+            body_complete: true,
         });
         match decoded {
             ToSupervisor::ResponseHead {
@@ -437,8 +444,11 @@ mod tests {
                 status,
                 headers,
                 body_length,
+                body_start,
+                body_complete,
             } => {
                 assert_eq!((id, status, body_length), (7, 201, Some(3)));
+                assert_eq!((&body_start[..], body_complete), (&b"abc"[..], true));
                 assert_eq!(headers[0].1, Bytes::from_static(b"1"));
             }
             other => panic!("decoded {other:?}"),

@@ -8,6 +8,7 @@ use crate::component::one_line;
 use crate::invocation::{BodyError, HttpInvocation, InvocationId};
 use crate::ipc::{self, ChannelBody, ToSupervisor, ToWorker, WorkerInit, WorkerReady};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use std::collections::HashMap;
@@ -42,7 +43,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .worker_threads(init.runtime_threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(serve(init, channel, sender_channel))
+    // On a runtime thread, not this one: the channel's messages and the
+    // invocations then share the runtime's threads without extra wake-ups.
+    runtime.block_on(async {
+        tokio::spawn(serve(init, channel, sender_channel))
+            .await
+            .map_err(|e| anyhow::anyhow!("the worker's main task failed: {e}"))?
+    })
 }
 
 /// Takes fd 3, checking that it is a socket (someone running `fnhost
@@ -306,12 +313,61 @@ async fn invoke(
         }
     };
     let (parts, mut body) = response.into_parts();
+    let body_length = body.size_hint().exact();
+    // Most responses are complete by the time the head is: send what is
+    // ready with the head, in one message.
+    let mut body_start = BytesMut::new();
+    let mut body_complete = false;
+    let mut failed = None;
+    while body_start.len() < ipc::MAX_CHUNK {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    body_start.extend_from_slice(&data);
+                }
+            }
+            Some(Some(Err(error))) => {
+                failed = Some(error.to_string());
+                break;
+            }
+            Some(None) => {
+                body_complete = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut body_start = body_start.freeze();
+    let rest = body_start.split_off(body_start.len().min(ipc::MAX_CHUNK));
     let _ = to_supervisor.send(ToSupervisor::ResponseHead {
         id,
         status: parts.status.as_u16(),
         headers: ipc::headers_to_wire(&parts.headers),
-        body_length: body.size_hint().exact(),
+        body_length,
+        body_start,
+        body_complete: body_complete && failed.is_none() && rest.is_empty(),
     });
+    for chunk in ipc::chunks(rest.clone()) {
+        let _ = to_supervisor.send(ToSupervisor::ResponseBody { id, chunk });
+    }
+    if let Some(detail) = failed {
+        let _ = to_supervisor.send(ToSupervisor::ResponseAbort { id, detail });
+    } else if body_complete {
+        if !rest.is_empty() {
+            let _ = to_supervisor.send(ToSupervisor::ResponseEnd { id });
+        }
+    } else {
+        stream_body(id, body, &to_supervisor).await;
+    }
+    running.finish(id);
+}
+
+/// Streams the rest of a response body, chunk by chunk, then its end.
+async fn stream_body(
+    id: u64,
+    mut body: crate::invocation::Body,
+    to_supervisor: &UnboundedSender<ToSupervisor>,
+) {
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -326,15 +382,14 @@ async fn invoke(
                     id,
                     detail: error.to_string(),
                 });
-                break;
+                return;
             }
             None => {
                 let _ = to_supervisor.send(ToSupervisor::ResponseEnd { id });
-                break;
+                return;
             }
         }
     }
-    running.finish(id);
 }
 
 fn build_request(

@@ -175,7 +175,11 @@ fn admin_endpoint_answers_health_readiness_metrics_and_refuses_the_rest() {
     let server = start_workers("hello", 1, &[]);
     let client = client();
     for _ in 0..3 {
-        assert_eq!(client.get(server.url("/")).send().unwrap().status(), 200);
+        // Read each body to its end: a client that leaves early counts as
+        // `cancelled`, not `ok`.
+        let response = client.get(server.url("/")).send().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().unwrap(), "hello from fnhost\n");
     }
     let get = |path: &str| client.get(server.admin_url(path)).send().unwrap();
     let health = get("/health");

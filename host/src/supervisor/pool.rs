@@ -156,11 +156,16 @@ impl WorkerLink {
                 status,
                 headers,
                 body_length,
+                body_start,
+                body_complete,
             } => {
                 let status = http::StatusCode::from_u16(status)
                     .map_err(|_| format!("invalid status {status}"))?;
                 let headers = ipc::headers_from_wire(headers)?;
                 let (sender, body) = ChannelBody::new();
+                if !body_start.is_empty() {
+                    let _ = sender.send(Ok(body_start));
+                }
                 let link = self.clone();
                 let body = body.with_length(body_length).on_drop(move |finished| {
                     if !finished {
@@ -170,12 +175,20 @@ impl WorkerLink {
                 let mut response = http::Response::new(body.boxed_unsync());
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
-                let mut pending = self.pending.lock().expect("pending map");
-                if let Some(entry) = pending.get_mut(&id) {
-                    entry.body = Some(sender);
-                    if let Some(head) = entry.head.take() {
-                        let _ = head.send(Ok(response));
-                    }
+                let head = {
+                    let mut pending = self.pending.lock().expect("pending map");
+                    pending.get_mut(&id).and_then(|entry| {
+                        if !body_complete {
+                            entry.body = Some(sender);
+                        }
+                        entry.head.take()
+                    })
+                };
+                if body_complete {
+                    self.finish(id, "ok", None);
+                }
+                if let Some(head) = head {
+                    let _ = head.send(Ok(response));
                 }
             }
             ToSupervisor::ResponseBody { id, chunk } => {
