@@ -52,11 +52,15 @@
 //! # fn main() {}
 //! ```
 //!
+//! Queue handlers (`queue_handler!`, `async_queue_handler!`) are in
+//! [`queue`].
+//!
 //! In the async lane the host interrupts a guest that computes without
 //! waiting every few hundred microseconds (fuel-based yield points), so an
 //! `async fn` that never awaits slows others down but cannot stall them.
 
 pub mod outbound;
+pub mod queue;
 pub mod task;
 mod wire;
 
@@ -192,6 +196,34 @@ macro_rules! __export_handler {
 #[doc(hidden)]
 pub mod __private {
     pub use wasip2;
+
+    /// Bindings of `fnhost:function/queue-handler` (wit/queue.wit).
+    pub mod queue_bindings {
+        wit_bindgen::generate!({
+            path: "../wit/queue.wit",
+            world: "queue-function",
+            pub_export_macro: true,
+            default_bindings_module: "fnhost_sdk::__private::queue_bindings",
+        });
+    }
+
+    /// The SDK's message from the generated binding's.
+    pub fn message_from_wit(
+        raw: queue_bindings::exports::fnhost::function::queue_handler::Message,
+    ) -> crate::queue::Message {
+        crate::queue::Message {
+            id: raw.id,
+            body: raw.body,
+            dequeue_count: raw.dequeue_count,
+            enqueued_at: raw.enqueued_at,
+            attributes: raw.attributes,
+        }
+    }
+
+    /// Runs a future to completion on wstd's executor.
+    pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        wstd::runtime::block_on(future)
+    }
 
     use crate::IntoResponse;
     use wasip2::http::types::{ErrorCode, IncomingRequest, ResponseOutparam};

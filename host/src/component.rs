@@ -12,6 +12,8 @@ use wasmtime::component::Component;
 pub const HTTP_HANDLER_P2: &str = "wasi:http/incoming-handler@0.2";
 /// The WASIp3 HTTP export (component-model async), any 0.3.x version.
 pub const HTTP_HANDLER_P3: &str = "wasi:http/handler@0.3";
+/// Prefix of fnhost's queue handler export (wit/queue.wit).
+pub const QUEUE_HANDLER: &str = "fnhost:function/queue-handler@0.2";
 /// Name of the custom section holding the lane marker (`sync` or `async`),
 /// which `fnhost-sdk` embeds; see wit/README.md.
 pub const LANE_SECTION: &str = "fnhost:lane";
@@ -58,7 +60,7 @@ pub enum LoadError {
     },
     /// The component exports no handler fnhost can serve.
     #[error(
-        "{path}: does not export `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x` (it exports: {exports})"
+        "{path}: does not export `wasi:http/incoming-handler@0.2.x`, `wasi:http/handler@0.3.x` or `fnhost:function/queue-handler@0.2.x` (it exports: {exports})"
     )]
     NoHandler {
         /// The file named by the user.
@@ -109,6 +111,20 @@ impl HandlerKind {
     }
 }
 
+/// The triggers a component serves, for `fnhost check` and logs:
+/// `http (WASIp2, …)`, `queue (fnhost:function/queue-handler@0.2.0)`, or
+/// both joined with ` + `.
+pub fn describe_triggers(http: Option<&HandlerKind>, queue: Option<&str>) -> String {
+    let mut triggers = Vec::new();
+    if let Some(http) = http {
+        triggers.push(http.describe());
+    }
+    if let Some(queue) = queue {
+        triggers.push(format!("queue ({queue})"));
+    }
+    triggers.join(" + ")
+}
+
 /// A compiled component and what it was found to contain.
 pub struct LoadedComponent {
     /// The file it came from.
@@ -119,8 +135,10 @@ pub struct LoadedComponent {
     pub imports: Vec<String>,
     /// Its exports, by name.
     pub exports: Vec<String>,
-    /// The handler fnhost serves.
-    pub handler: HandlerKind,
+    /// The HTTP handler, if it exports one.
+    pub handler: Option<HandlerKind>,
+    /// The full name of its queue handler export, if it has one.
+    pub queue_handler: Option<String>,
     /// The lane the component asks for, if it carries a marker.
     pub lane_marker: Option<Lane>,
     /// Whether the compiled code came from the compile cache.
@@ -234,7 +252,11 @@ pub fn compile(
         }),
         (None, None) => None,
     };
-    let Some(handler) = handler else {
+    let queue_handler = exports
+        .iter()
+        .find(|name| name.starts_with(QUEUE_HANDLER))
+        .cloned();
+    if handler.is_none() && queue_handler.is_none() {
         return Err(LoadError::NoHandler {
             path,
             exports: if exports.is_empty() {
@@ -243,7 +265,7 @@ pub fn compile(
                 exports.join(", ")
             },
         });
-    };
+    }
 
     Ok(LoadedComponent {
         path,
@@ -251,6 +273,7 @@ pub fn compile(
         imports,
         exports,
         handler,
+        queue_handler,
         lane_marker,
         from_cache,
         load_time: started.elapsed(),

@@ -94,6 +94,8 @@ pub enum FailureKind {
     Capacity,
     /// The process running the invocation went away. 502.
     WorkerLost,
+    /// A queue handler returned an error (queue invocations only).
+    Rejected,
 }
 
 impl FailureKind {
@@ -105,6 +107,7 @@ impl FailureKind {
             Self::Memory => "memory",
             Self::Capacity => "capacity",
             Self::WorkerLost => "worker-lost",
+            Self::Rejected => "rejected",
         }
     }
 
@@ -112,7 +115,7 @@ impl FailureKind {
     pub fn status(self) -> http::StatusCode {
         use http::StatusCode;
         match self {
-            Self::Trap | Self::Memory => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Trap | Self::Memory | Self::Rejected => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Capacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::WorkerLost => StatusCode::BAD_GATEWAY,
@@ -152,6 +155,35 @@ impl InvocationError {
 /// What a dispatch future resolves to.
 pub type DispatchResult = Result<http::Response<Body>, InvocationError>;
 
+/// One delivery of a queue message, as the guest's queue handler sees it
+/// (`fnhost:function/queue-handler`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueMessage {
+    /// The message's id, stable across deliveries.
+    pub id: String,
+    /// The payload.
+    pub body: Bytes,
+    /// Deliveries so far, this one included.
+    pub dequeue_count: u32,
+    /// Enqueue time in milliseconds since the Unix epoch.
+    pub enqueued_at_ms: u64,
+    /// Key-value attributes from the sender.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// One queue message on its way to a guest.
+#[derive(Clone, Debug)]
+pub struct QueueInvocation {
+    /// The id the log lines carry.
+    pub id: InvocationId,
+    /// The delivery.
+    pub message: QueueMessage,
+}
+
+/// What a queue dispatch resolves to: `Ok` acknowledges the message; a
+/// [`FailureKind::Rejected`] error is the handler's own `err`.
+pub type QueueResult = Result<(), InvocationError>;
+
 /// Runs invocations. Triggers hold an `Arc<dyn Dispatch>` and know nothing else
 /// about where or how the guest runs.
 pub trait Dispatch: Send + Sync + 'static {
@@ -161,6 +193,19 @@ pub trait Dispatch: Send + Sync + 'static {
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>>;
+
+    /// Runs one queue message through the component's queue handler. The
+    /// default answers that there is none.
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        let _ = invocation;
+        Box::pin(std::future::ready(Err(InvocationError::new(
+            FailureKind::Trap,
+            "the component exports no queue handler",
+        ))))
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! the supervisor recycles that worker. Nothing here panics on bad input.
 
 use crate::config::{HostConfig, Lane};
-use crate::invocation::{BodyError, FailureKind};
+use crate::invocation::{BodyError, FailureKind, QueueMessage};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,13 @@ pub enum ToWorker {
     },
     /// Finish nothing new; exit once in-flight invocations are done.
     Shutdown,
+    /// Run one queue message through the queue handler.
+    InvokeQueue {
+        /// The invocation.
+        id: u64,
+        /// The delivery.
+        message: QueueMessage,
+    },
 }
 
 /// Everything a worker needs to start.
@@ -90,6 +97,9 @@ pub struct WorkerInit {
     pub runtime_threads: usize,
     /// The log filter (the worker's environment is cleared).
     pub log_filter: String,
+    /// Whether a queue trigger is bound (the component must export the
+    /// queue handler; without one, the HTTP handler).
+    pub queue_bound: bool,
 }
 
 /// The head of an HTTP invocation.
@@ -168,6 +178,13 @@ pub enum ToSupervisor {
     Stats {
         /// Instances alive in the worker (warm or running).
         instances: u64,
+    },
+    /// A queue invocation finished.
+    QueueDone {
+        /// The invocation.
+        id: u64,
+        /// `None` on success, else the failure class and its detail.
+        failure: Option<(FailureKind, String)>,
     },
 }
 

@@ -38,6 +38,7 @@ pub mod exec;
 pub mod invocation;
 pub mod ipc;
 pub mod metrics;
+pub mod queue;
 pub mod supervisor;
 pub mod triggers;
 pub mod worker;
@@ -76,6 +77,15 @@ pub enum HostError {
     P3NeedsAsync {
         /// The component file.
         path: PathBuf,
+    },
+    /// `--queue` for a component without a queue handler, or no `--queue`
+    /// for one that has nothing else.
+    #[error("{path}: {reason}")]
+    Triggers {
+        /// The component file.
+        path: PathBuf,
+        /// What does not match.
+        reason: &'static str,
     },
     /// A `--dir` grant names something that is not a readable directory.
     #[error("--dir {path}: {reason}")]
@@ -171,6 +181,7 @@ impl HostBuilder {
             summary: LoadSummary {
                 path,
                 handler: loaded.handler,
+                queue_handler: loaded.queue_handler,
                 lane,
                 lane_marker: loaded.lane_marker,
                 wasip3,
@@ -189,8 +200,10 @@ impl HostBuilder {
 pub struct LoadSummary {
     /// The component file.
     pub path: PathBuf,
-    /// The handler being served.
-    pub handler: HandlerKind,
+    /// The HTTP handler, if the component exports one.
+    pub handler: Option<HandlerKind>,
+    /// The queue handler export, if the component has one.
+    pub queue_handler: Option<String>,
     /// The lane its invocations run in.
     pub lane: Lane,
     /// The lane the component's marker asked for, if any.
@@ -232,6 +245,23 @@ impl Host {
         &self.summary
     }
 
+    /// Checks that the component exports what the configured triggers need:
+    /// a queue handler when a queue is bound, an HTTP handler otherwise.
+    pub fn check_triggers(&self, queue_bound: bool) -> Result<(), HostError> {
+        let summary = &self.summary;
+        let reason = if queue_bound && summary.queue_handler.is_none() {
+            "has no queue handler (`fnhost:function/queue-handler@0.2.x`), which --queue needs"
+        } else if !queue_bound && summary.handler.is_none() {
+            "exports only a queue handler; give it a queue with --queue NAME"
+        } else {
+            return Ok(());
+        };
+        Err(HostError::Triggers {
+            path: summary.path.clone(),
+            reason,
+        })
+    }
+
     /// One line saying what was loaded, from where, and how it runs: the
     /// start-up log line of `fnhost serve` and of each worker.
     pub fn describe_load(&self) -> String {
@@ -258,7 +288,10 @@ impl Host {
             "loaded {} in {} ms ({}; {}; {} allocator); {} lane ({lane_source}){lane_detail}",
             summary.path.display(),
             summary.load_time.as_millis(),
-            summary.handler.describe(),
+            component::describe_triggers(
+                summary.handler.as_ref(),
+                summary.queue_handler.as_deref()
+            ),
             if summary.from_cache {
                 "compile cache hit"
             } else {

@@ -9,6 +9,11 @@
 //! | `fnhost_instances` | gauge | |
 //! | `fnhost_workers` | gauge (ready workers) | |
 //! | `fnhost_worker_restarts_total` | counter | |
+//! | `fnhost_queue_length` | gauge (messages, in flight included) | queue |
+//! | `fnhost_queue_oldest_age_seconds` | gauge | queue |
+//! | `fnhost_queue_in_flight` | gauge | queue |
+//! | `fnhost_queue_poison` | gauge (messages in `<queue>-poison`) | queue |
+//! | `fnhost_scale_target_workers` | gauge (what the scale controller asks for) | |
 //!
 //! `outcome` is `ok` (the guest answered, whatever its status) or a failure
 //! class (`trap`, `timeout`, `memory`, `capacity`, `worker-lost`), or
@@ -39,6 +44,12 @@ struct FunctionLabels {
     lane: String,
 }
 
+/// Labels of a queue gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
 type LatencyFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
 
 /// All of the host's metrics.
@@ -54,6 +65,12 @@ pub struct Metrics {
     pub workers: Gauge,
     /// Worker processes started to replace one that failed or was recycled.
     pub worker_restarts: Counter,
+    /// Workers the scale controller asks for.
+    pub scale_target: Gauge,
+    queue_length: Family<QueueLabels, Gauge>,
+    queue_oldest_age: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    queue_in_flight: Family<QueueLabels, Gauge>,
+    queue_poison: Family<QueueLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +113,37 @@ impl Default for Metrics {
             "Worker processes started to replace one that exited",
             worker_restarts.clone(),
         );
+        let scale_target = Gauge::default();
+        registry.register(
+            "scale_target_workers",
+            "Workers the scale controller asks for",
+            scale_target.clone(),
+        );
+        let queue_length = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_length",
+            "Messages in the queue, in flight included",
+            queue_length.clone(),
+        );
+        let queue_oldest_age =
+            Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest message in the queue",
+            queue_oldest_age.clone(),
+        );
+        let queue_in_flight = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_in_flight",
+            "Messages received and not yet completed or released",
+            queue_in_flight.clone(),
+        );
+        let queue_poison = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_poison",
+            "Messages in the poison queue",
+            queue_poison.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -104,6 +152,11 @@ impl Default for Metrics {
             instances,
             workers,
             worker_restarts,
+            scale_target,
+            queue_length,
+            queue_oldest_age,
+            queue_in_flight,
+            queue_poison,
         }
     }
 }
@@ -124,6 +177,25 @@ impl Metrics {
                 lane: lane.to_string(),
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Sets the gauges of queue `name`.
+    pub fn set_queue(&self, name: &str, stats: &crate::queue::QueueStats) {
+        let labels = QueueLabels {
+            queue: name.to_string(),
+        };
+        self.queue_length
+            .get_or_create(&labels)
+            .set(stats.length as i64);
+        self.queue_oldest_age
+            .get_or_create(&labels)
+            .set(stats.oldest_age.map_or(0.0, |age| age.as_secs_f64()));
+        self.queue_in_flight
+            .get_or_create(&labels)
+            .set(stats.in_flight as i64);
+        self.queue_poison
+            .get_or_create(&labels)
+            .set(stats.poison as i64);
     }
 
     /// The Prometheus text exposition of every metric.

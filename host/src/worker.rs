@@ -161,6 +161,7 @@ async fn serve(
     let host = match Host::builder(init.config)
         .component(&init.component)
         .build()
+        .and_then(|host| host.check_triggers(init.queue_bound).map(|()| host))
     {
         Ok(host) => host,
         Err(error) => {
@@ -250,6 +251,17 @@ async fn serve(
                 running.end_body(id);
             }
             ToWorker::Cancel { id } => running.cancel(id),
+            ToWorker::InvokeQueue { id, message } => {
+                let call = dispatch.dispatch_queue(crate::invocation::QueueInvocation {
+                    id: InvocationId::from_u64(id),
+                    message,
+                });
+                let to_supervisor = to_supervisor.clone();
+                tokio::spawn(async move {
+                    let failure = call.await.err().map(|e| (e.kind, e.detail));
+                    let _ = to_supervisor.send(ToSupervisor::QueueDone { id, failure });
+                });
+            }
             ToWorker::Shutdown => {
                 tracing::info!("worker {}: shutting down", init.slot);
                 return Ok(ExitCode::SUCCESS);

@@ -339,4 +339,25 @@ fn workers_run_with_no_new_privileges_no_environment_and_no_core_dumps() {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let group: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
     assert_eq!(group, pid);
+    // Its only socket is its channel: the listening socket and client
+    // connections stay in the supervisor.
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let target = std::fs::read_link(entry.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert_eq!(sockets, ["3"], "the worker's sockets");
+    // It dies with the supervisor, even one killed with SIGKILL.
+    kill(server.pid(), "KILL");
+    wait_until(Duration::from_secs(2), "the worker gone", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+    });
 }

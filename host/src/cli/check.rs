@@ -38,7 +38,13 @@ impl CheckCommand {
         let loaded = fnhost::component::compile(&engine, file, cache.as_ref())?;
         fnhost::exec::link(&engine, &loaded, lane)?;
         println!("component: {}", self.component.display());
-        println!("trigger:   {}", loaded.handler.describe());
+        println!(
+            "trigger:   {}",
+            fnhost::component::describe_triggers(
+                loaded.handler.as_ref(),
+                loaded.queue_handler.as_deref()
+            )
+        );
         println!(
             "lane:      {lane} ({})",
             match (wasip3, marker) {

@@ -1,6 +1,7 @@
 //! Command-line definitions, one file per subcommand.
 
 mod check;
+mod queue;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     Serve(Box<serve::ServeCommand>),
     /// Check a component: what it imports and exports, which trigger it serves.
     Check(check::CheckCommand),
+    /// Send messages to a queue, or look at one.
+    Queue(queue::QueueCommand),
     /// A worker process; started by `fnhost serve`, not by hand.
     #[command(hide = true)]
     Worker,
@@ -41,6 +44,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Worker => unreachable!("handled above"),
         Command::Serve(command) => command.execute(),
         Command::Check(command) => command.execute(),
+        Command::Queue(command) => command.execute(),
     }
 }
 

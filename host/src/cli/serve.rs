@@ -11,8 +11,12 @@ use fnhost::config::{
     DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig, GuestGrants, HostConfig, HttpLimits,
     InvocationLimits, MAX_THREADS, Mode, Origin, default_threads,
 };
+use fnhost::queue::{DEFAULT_DATA_DIR, QueueSpec};
 use fnhost::supervisor::process::WorkerLimits;
-use fnhost::supervisor::{MAX_WORKERS, Supervisor, SupervisorConfig};
+use fnhost::supervisor::{QueueBinding, Supervisor, SupervisorConfig, WorkerCount};
+use fnhost::triggers::queue::{
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_DEQUEUE_COUNT, MAX_BATCH_SIZE, QueueSettings,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,9 +108,37 @@ pub struct ServeCommand {
     #[arg(long)]
     no_cache: bool,
 
-    /// Worker processes that run the guests (1 to 64); each has its own engine and lanes.
-    #[arg(long, env = "FNHOST_WORKER_PROCESS_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS as u64), value_name = "N")]
-    workers: u64,
+    /// Worker processes that run the guests, N or MIN..MAX (scaled on queue length, message age and HTTP concurrency), each from 1 to 64.
+    #[arg(long, env = "FNHOST_WORKER_PROCESS_COUNT", default_value = "1", value_parser = WorkerCount::parse, value_name = "N|MIN..MAX")]
+    workers: WorkerCount,
+
+    /// With --workers MIN..MAX: how long fewer workers must suffice before some are stopped.
+    #[arg(long, env = "FNHOST_SCALE_COOLDOWN", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    scale_cooldown: Duration,
+
+    /// Feed the component's queue handler from this queue: a NAME in the embedded store, or redis://HOST:PORT/STREAM.
+    #[arg(long, env = "FNHOST_QUEUE", value_parser = parse_queue, value_name = "NAME|URL")]
+    queue: Option<QueueSpec>,
+
+    /// Folder of the embedded queue store.
+    #[arg(long, env = "FNHOST_DATA_DIR", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    data_dir: PathBuf,
+
+    /// Queue messages fetched at once per worker.
+    #[arg(long, env = "FNHOST_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH_SIZE as u64), value_name = "N")]
+    batch_size: u64,
+
+    /// Messages in flight per worker at which the next batch is fetched [default: batch size / 2].
+    #[arg(long, env = "FNHOST_NEW_BATCH_THRESHOLD", value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_SIZE as u64), value_name = "N")]
+    new_batch_threshold: Option<u64>,
+
+    /// How long a fetched message stays invisible to other consumers (renewed while its handler runs).
+    #[arg(long, env = "FNHOST_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    visibility_timeout: Duration,
+
+    /// Failed deliveries after which a message moves to <queue>-poison.
+    #[arg(long, env = "FNHOST_MAX_DEQUEUE_COUNT", default_value_t = DEFAULT_MAX_DEQUEUE_COUNT, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+    max_dequeue_count: u32,
 
     /// Address of the admin endpoint (/health, /ready, /workers, /metrics, POST /drain); off unless set.
     #[arg(long, env = "FNHOST_ADMIN", value_name = "ADDR")]
@@ -118,7 +150,7 @@ pub struct ServeCommand {
 
     /// Run guests inside this process instead of worker processes: no crash
     /// isolation, no admin endpoint. For embedding-like setups and benchmarks.
-    #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory"])]
+    #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
     in_process: bool,
 }
 
@@ -190,7 +222,20 @@ impl ServeCommand {
         let config = SupervisorConfig {
             component: self.component.clone(),
             host: self.config(),
-            workers: self.workers as usize,
+            workers: self.workers,
+            scale_cooldown: self.scale_cooldown,
+            queue: self.queue.clone().map(|spec| QueueBinding {
+                spec,
+                data_dir: self.data_dir.clone(),
+                settings: QueueSettings {
+                    batch_size: self.batch_size as usize,
+                    new_batch_threshold: self
+                        .new_batch_threshold
+                        .map_or(self.batch_size as usize / 2, |n| n as usize),
+                    visibility_timeout: self.visibility_timeout,
+                    max_dequeue_count: self.max_dequeue_count,
+                },
+            }),
             limits: WorkerLimits {
                 memory: self.worker_memory,
             },
@@ -222,6 +267,7 @@ impl ServeCommand {
                 .component(&self.component)
                 .build()?
         };
+        host.check_triggers(false)?;
         tracing::info!("{}", host.describe_load());
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(config.listen)
@@ -241,6 +287,11 @@ impl ServeCommand {
             Ok(ExitCode::SUCCESS)
         })
     }
+}
+
+/// Parses `--queue`.
+fn parse_queue(text: &str) -> Result<QueueSpec, String> {
+    QueueSpec::parse(text).map_err(|e| e.to_string())
 }
 
 /// Parses `--threads`: a count from 1 to [`MAX_THREADS`], or `auto`

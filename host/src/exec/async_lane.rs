@@ -60,19 +60,7 @@ impl Dispatch for AsyncLane {
 
 impl Inner {
     fn new_store(&self, id: InvocationId) -> Result<Store<StoreState>, InvocationError> {
-        let mut state = new_state(&self.settings, &self.outbound)?;
-        state.begin(id);
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| &mut state.limiter);
-        let execution = &self.settings.execution;
-        let fuel_error = |e: wasmtime::Error| InvocationError::new(FailureKind::Trap, one_line(&e));
-        store
-            .set_fuel(execution.max_fuel.unwrap_or(u64::MAX))
-            .map_err(fuel_error)?;
-        store
-            .fuel_async_yield_interval(Some(execution.yield_fuel))
-            .map_err(fuel_error)?;
-        Ok(store)
+        new_async_store(self.pre.engine(), &self.settings, &self.outbound, id)
     }
 
     async fn run_http(self: Arc<Self>, invocation: HttpInvocation) -> DispatchResult {
@@ -155,7 +143,31 @@ impl Inner {
 
 /// Worker threads of the current tokio runtime (the multi-thread runtime
 /// fnhost builds has one per core).
-fn tokio_workers() -> usize {
+/// A store for one async-lane call: fuel metered, yielding every
+/// `--yield-fuel` units, within `--max-fuel` if set.
+pub(super) fn new_async_store(
+    engine: &wasmtime::Engine,
+    settings: &ExecSettings,
+    outbound: &Arc<[Origin]>,
+    id: InvocationId,
+) -> Result<Store<StoreState>, InvocationError> {
+    let mut state = new_state(settings, outbound)?;
+    state.begin(id);
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    let execution = &settings.execution;
+    let fuel_error = |e: wasmtime::Error| InvocationError::new(FailureKind::Trap, one_line(&e));
+    store
+        .set_fuel(execution.max_fuel.unwrap_or(u64::MAX))
+        .map_err(fuel_error)?;
+    store
+        .fuel_async_yield_interval(Some(execution.yield_fuel))
+        .map_err(fuel_error)?;
+    Ok(store)
+}
+
+/// Worker threads of the current tokio runtime.
+pub(super) fn tokio_workers() -> usize {
     tokio::runtime::Handle::try_current()
         .map(|handle| handle.metrics().num_workers())
         .unwrap_or(1)

@@ -22,6 +22,7 @@ mod guest_output;
 mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_lane;
+mod queue_lane;
 mod state;
 mod sync_lane;
 
@@ -63,34 +64,95 @@ pub fn start(
         path: component.path.clone(),
         reason: one_line(&e),
     };
-    if let HandlerKind::HttpP3 { .. } = component.handler {
-        #[cfg(feature = "wasip3")]
-        {
-            let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
-                .map_err(link_error)?;
-            return Ok(Arc::new(p3_lane::P3Lane::new(pre, settings)));
+    let queue = match &component.queue_handler {
+        Some(_) => Some(Arc::new(
+            queue_lane::QueueRunner::new(instance_pre.clone(), lane, settings.clone())
+                .map_err(link_error)?,
+        )),
+        None => None,
+    };
+    let http: Arc<dyn Dispatch> = match &component.handler {
+        None => Arc::new(NoHttpHandler),
+        Some(HandlerKind::HttpP3 { .. }) => {
+            #[cfg(feature = "wasip3")]
+            {
+                let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
+                    .map_err(link_error)?;
+                Arc::new(p3_lane::P3Lane::new(pre, settings))
+            }
+            #[cfg(not(feature = "wasip3"))]
+            return Err(link_error(wasmtime::Error::msg(
+                "this fnhost was built without WASIp3 support (the `wasip3` feature)",
+            )));
         }
-        #[cfg(not(feature = "wasip3"))]
-        return Err(link_error(wasmtime::Error::msg(
-            "this fnhost was built without WASIp3 support (the `wasip3` feature)",
-        )));
-    }
-    Ok(match lane {
-        Lane::Async => {
-            let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
-                .map_err(link_error)?;
-            Arc::new(async_lane::AsyncLane::new(pre, settings))
-        }
-        Lane::Sync => {
-            let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
-                .map_err(link_error)?;
-            Arc::new(sync_lane::SyncLane::start(
-                pre,
-                settings,
-                tokio::runtime::Handle::current(),
-            ))
-        }
+        Some(HandlerKind::HttpP2 { .. }) => match lane {
+            Lane::Async => {
+                let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
+                    .map_err(link_error)?;
+                Arc::new(async_lane::AsyncLane::new(pre, settings))
+            }
+            Lane::Sync => {
+                let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
+                    .map_err(link_error)?;
+                Arc::new(sync_lane::SyncLane::start(
+                    pre,
+                    settings,
+                    tokio::runtime::Handle::current(),
+                ))
+            }
+        },
+    };
+    Ok(match queue {
+        None => http,
+        Some(queue) => Arc::new(WithQueue { http, queue }),
     })
+}
+
+/// The HTTP side of a component that exports no HTTP handler: 404.
+struct NoHttpHandler;
+
+impl Dispatch for NoHttpHandler {
+    fn dispatch_http(
+        &self,
+        _invocation: crate::invocation::HttpInvocation,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::invocation::DispatchResult> + Send>,
+    > {
+        let mut response = http::Response::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(
+                b"this function has no HTTP handler (it handles queue messages)\n",
+            ))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        );
+        *response.status_mut() = http::StatusCode::NOT_FOUND;
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+/// A component's HTTP dispatch plus its queue handler.
+struct WithQueue {
+    http: Arc<dyn Dispatch>,
+    queue: Arc<queue_lane::QueueRunner>,
+}
+
+impl Dispatch for WithQueue {
+    fn dispatch_http(
+        &self,
+        invocation: crate::invocation::HttpInvocation,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::invocation::DispatchResult> + Send>,
+    > {
+        self.http.dispatch_http(invocation)
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: crate::invocation::QueueInvocation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::invocation::QueueResult> + Send>>
+    {
+        Box::pin(self.queue.clone().run(invocation))
+    }
 }
 
 /// Links `component` against all of WASI 0.2 and wasi:http, with the host
@@ -116,8 +178,7 @@ pub fn link(
             // WASIp3 components (built with Rust's std they import WASI 0.2
             // too) also get the WASI 0.3 interfaces.
             #[cfg(feature = "wasip3")]
-            #[cfg(feature = "wasip3")]
-            if let HandlerKind::HttpP3 { .. } = component.handler {
+            if let Some(HandlerKind::HttpP3 { .. }) = component.handler {
                 wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(link_error)?;
                 wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(link_error)?;
             }

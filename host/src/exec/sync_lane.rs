@@ -387,7 +387,7 @@ impl hyper::body::Body for DeadlineBody {
 }
 
 /// Epoch ticks covering `duration`, rounded up, at least one.
-fn ticks(duration: Duration) -> u64 {
+pub(super) fn ticks(duration: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
     u64::try_from(duration.as_nanos().div_ceil(tick))
         .unwrap_or(u64::MAX)

@@ -8,6 +8,11 @@
 //! | `GET /workers` | JSON array of [`WorkerStatus`](super::WorkerStatus) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //! | `POST /drain` | 202; stop accepting, finish in-flight work, exit 0 |
+//! | `POST /queues/{q}/messages` | 201 with the new message's id; the request body is the message |
+//! | `GET /queues/{q}` | JSON: length, oldest_age_seconds, in_flight, poison |
+//!
+//! `{q}` is the bound queue or another queue in the same store (its
+//! `-poison` queue, say); without `--queue` these answer 404.
 //!
 //! Bind it to loopback or a private network: it has no authentication.
 
@@ -33,8 +38,15 @@ pub async fn serve(supervisor: Arc<Supervisor>, listener: TcpListener) {
         };
         let supervisor = supervisor.clone();
         let service = hyper::service::service_fn(move |request| {
-            let response = route(&supervisor, request.method(), request.uri().path());
-            async move { Ok::<_, std::convert::Infallible>(response) }
+            let supervisor = supervisor.clone();
+            async move {
+                let response = if request.uri().path().starts_with("/queues/") {
+                    queue_route(&supervisor, request).await
+                } else {
+                    route(&supervisor, request.method(), request.uri().path())
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         tokio::spawn(async move {
             if let Err(error) = http1::Builder::new()
@@ -95,6 +107,79 @@ fn route(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Full<
             supervisor.request_drain();
             text(StatusCode::ACCEPTED, "draining\n".to_string())
         }
+    }
+}
+
+/// Largest message accepted on `POST /queues/{q}/messages`.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+async fn queue_route(
+    supervisor: &Supervisor,
+    request: http::Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let path = request.uri().path().to_string();
+    let Some(queue) = supervisor.queue() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this host has no queue trigger (--queue)\n".to_string(),
+        );
+    };
+    let rest = &path["/queues/".len()..];
+    let (name, messages) = match rest.strip_suffix("/messages") {
+        Some(name) => (name, true),
+        None => (rest, false),
+    };
+    if crate::queue::QueueSpec::parse(name).is_err() || name.contains('/') {
+        return text(StatusCode::NOT_FOUND, format!("no admin resource {path}\n"));
+    }
+    let queue = queue.sibling(name);
+    let (allowed, method) = (
+        if messages { Method::POST } else { Method::GET },
+        request.method().clone(),
+    );
+    if method != allowed {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes {allowed}\n"),
+        );
+        response.headers_mut().insert(
+            header::ALLOW,
+            header::HeaderValue::from_str(allowed.as_str()).expect("a method is a header value"),
+        );
+        return response;
+    }
+    if !messages {
+        return match queue.stats().await {
+            Ok(stats) => with_type(
+                Response::new(Full::new(Bytes::from(stats.to_json().to_string()))),
+                "application/json",
+            ),
+            Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+        };
+    }
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_MESSAGE_BYTES);
+    let body = match limited.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a message may have at most {MAX_MESSAGE_BYTES} bytes\n"),
+            );
+        }
+    };
+    match queue.send(body, Vec::new()).await {
+        Ok(id) => {
+            let mut response = with_type(
+                Response::new(Full::new(Bytes::from(
+                    serde_json::json!({ "id": id }).to_string(),
+                ))),
+                "application/json",
+            );
+            *response.status_mut() = StatusCode::CREATED;
+            response
+        }
+        Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
     }
 }
 

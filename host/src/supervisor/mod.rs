@@ -14,19 +14,23 @@ pub mod admin;
 pub mod breaker;
 pub mod pool;
 pub mod process;
+pub mod scale;
 
 use crate::config::HostConfig;
 use crate::ipc::{self, ToSupervisor, ToWorker, WorkerInit};
 use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueSpec};
 use crate::triggers::http::HttpTrigger;
+use crate::triggers::queue::{QueueSettings, QueueTrigger};
 use breaker::{Backoff, CrashBreaker};
 use pool::{SlotCounters, WorkerLink, WorkerPool};
 use process::WorkerLimits;
+use scale::{ScaleInputs, ScalePolicy};
 use serde::Serialize;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -50,12 +54,60 @@ pub struct SupervisorConfig {
     pub component: PathBuf,
     /// The host settings, passed to every worker.
     pub host: HostConfig,
-    /// Worker processes to keep running.
-    pub workers: usize,
+    /// Worker processes to keep running: fixed (`min == max`) or scaled
+    /// between the two.
+    pub workers: WorkerCount,
+    /// How long the scale target must stay lower before workers stop.
+    pub scale_cooldown: Duration,
+    /// The queue the component's queue handler is fed from, if any.
+    pub queue: Option<QueueBinding>,
     /// OS limits of every worker.
     pub limits: WorkerLimits,
     /// The log filter workers use.
     pub log_filter: String,
+}
+
+/// `--workers N` or `--workers MIN..MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerCount {
+    /// Fewest workers (started first, never stopped by scaling).
+    pub min: usize,
+    /// Most workers.
+    pub max: usize,
+}
+
+impl WorkerCount {
+    /// Parses `N` or `MIN..MAX`, each from 1 to [`MAX_WORKERS`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let number = |part: &str| match part.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "`{text}` is not a worker count (N or MIN..MAX, each from 1 to {MAX_WORKERS})"
+            )),
+        };
+        let (min, max) = match text.split_once("..") {
+            Some((min, max)) => (number(min)?, number(max)?),
+            None => {
+                let n = number(text)?;
+                (n, n)
+            }
+        };
+        if min > max {
+            return Err(format!("`{text}`: MIN is larger than MAX"));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+/// `--queue` and its settings.
+#[derive(Clone, Debug)]
+pub struct QueueBinding {
+    /// Which queue.
+    pub spec: QueueSpec,
+    /// Folder of the embedded queue store.
+    pub data_dir: PathBuf,
+    /// Fetch, visibility and retry settings.
+    pub settings: QueueSettings,
 }
 
 /// The phase a worker slot is in.
@@ -68,14 +120,35 @@ pub enum SlotPhase {
     Ready,
     /// Waiting out the backoff before the next start.
     Backoff,
+    /// Finishing its in-flight work before it stops (scaling down).
+    Retiring,
     /// Stopped (drain or crash loop).
     Stopped,
 }
 
 /// One worker slot: the process filling it comes and goes.
 struct Slot {
+    id: usize,
     counters: Arc<SlotCounters>,
     state: Mutex<SlotState>,
+    retiring: AtomicBool,
+    retire: Notify,
+}
+
+impl Slot {
+    fn new(id: usize) -> Self {
+        Self {
+            id,
+            counters: Arc::default(),
+            state: Mutex::new(SlotState {
+                phase: SlotPhase::Starting,
+                pid: None,
+                since: Instant::now(),
+            }),
+            retiring: AtomicBool::new(false),
+            retire: Notify::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -116,6 +189,8 @@ enum WorkerEnd {
     StartFailed(String),
     /// The supervisor killed it for overrunning a deadline.
     Recycled,
+    /// Scaling down stopped it after its in-flight work finished.
+    Retired,
     /// It exited or broke the protocol on its own.
     Failed { uptime: Duration, reason: String },
 }
@@ -130,7 +205,11 @@ enum StartupEvent {
 pub struct Supervisor {
     config: SupervisorConfig,
     pool: Arc<WorkerPool>,
-    slots: Vec<Slot>,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    next_slot: AtomicUsize,
+    slot_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    queue: Option<Queue>,
+    queue_trigger: Mutex<Option<Arc<QueueTrigger>>>,
     breaker: Mutex<CrashBreaker>,
     metrics: Arc<Metrics>,
     function: Arc<str>,
@@ -155,25 +234,28 @@ impl Supervisor {
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
-        let workers = config.workers.clamp(1, MAX_WORKERS);
+        let workers = config.workers;
         let function: Arc<str> = config
             .component
             .file_stem()
             .map_or_else(|| "function".into(), |s| s.to_string_lossy().into());
+        let queue = match &config.queue {
+            Some(binding) => Some(
+                Queue::open(&binding.spec, &binding.data_dir)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--queue {}: {e}", binding.spec.name()))?,
+            ),
+            None => None,
+        };
         let (startup_sender, mut startup) = mpsc::unbounded_channel();
         let supervisor = Arc::new(Supervisor {
-            pool: Arc::new(WorkerPool::new(workers, config.host.invocation.timeout)),
-            slots: (0..workers)
-                .map(|_| Slot {
-                    counters: Arc::default(),
-                    state: Mutex::new(SlotState {
-                        phase: SlotPhase::Starting,
-                        pid: None,
-                        since: Instant::now(),
-                    }),
-                })
-                .collect(),
-            breaker: Mutex::new(CrashBreaker::new(workers)),
+            pool: Arc::new(WorkerPool::new(config.host.invocation.timeout)),
+            slots: Mutex::new(Vec::new()),
+            next_slot: AtomicUsize::new(0),
+            slot_tasks: Mutex::new(Vec::new()),
+            queue,
+            queue_trigger: Mutex::new(None),
+            breaker: Mutex::new(CrashBreaker::new(workers.max)),
             metrics: Arc::new(Metrics::default()),
             function,
             serving: AtomicBool::new(false),
@@ -186,86 +268,242 @@ impl Supervisor {
             startup: startup_sender,
             config,
         });
-        let slot_tasks: Vec<_> = (0..workers)
-            .map(|slot| tokio::spawn(supervisor.clone().watch_slot(slot)))
-            .collect();
+        for _ in 0..workers.min {
+            supervisor.add_slot();
+        }
 
-        // Start-up: every slot ready, or a load error, or the breaker.
+        // Start-up: the first MIN workers ready, or a load error, or the breaker.
         let mut unhealthy = supervisor.unhealthy.subscribe();
         let mut ready = 0;
-        while ready < workers {
+        while ready < workers.min {
             tokio::select! {
                 event = startup.recv() => match event {
                     Some(StartupEvent::Ready) => ready += 1,
                     Some(StartupEvent::StartFailed(message)) => {
-                        supervisor.stop_workers(slot_tasks).await;
+                        supervisor.stop_workers().await;
                         anyhow::bail!("{message}");
                     }
                     None => unreachable!("the supervisor holds a sender"),
                 },
                 _ = unhealthy.changed() => {
-                    supervisor.stop_workers(slot_tasks).await;
+                    supervisor.stop_workers().await;
                     return Ok(ExitCode::from(EXIT_CRASH_LOOP));
                 }
             }
         }
         supervisor.serving.store(true, Ordering::Relaxed);
         tracing::info!(
-            "serving {} on http://{} with {workers} worker process{}",
+            "serving {} on http://{} with {}",
             supervisor.config.component.display(),
             listener.local_addr()?,
-            if workers == 1 { "" } else { "es" },
+            if workers.min == workers.max {
+                format!(
+                    "{} worker process{}",
+                    workers.min,
+                    if workers.min == 1 { "" } else { "es" }
+                )
+            } else {
+                format!("{} to {} worker processes", workers.min, workers.max)
+            },
         );
         if let Some(admin) = admin {
             tracing::info!("admin endpoint at http://{}", admin.local_addr()?);
             tokio::spawn(admin::serve(supervisor.clone(), admin));
         }
 
-        let crash_loop = async {
-            let _ = unhealthy.wait_for(|reason| reason.is_some()).await;
-        };
-        let drain_requested = supervisor.drain.notified();
-        let stop_serving = async {
-            tokio::select! {
-                () = shutdown => {}
-                () = drain_requested => tracing::info!("drain requested on the admin endpoint"),
-                () = crash_loop => {}
+        // One stop signal for every trigger: SIGTERM/SIGINT, POST /drain,
+        // or the crash-loop breaker.
+        let (stop_sender, stop_receiver) = watch::channel(false);
+        let stop_triggers = {
+            let supervisor = supervisor.clone();
+            let mut unhealthy = supervisor.unhealthy.subscribe();
+            async move {
+                let drain_requested = supervisor.drain.notified();
+                tokio::select! {
+                    () = shutdown => {}
+                    () = drain_requested => tracing::info!("drain requested on the admin endpoint"),
+                    _ = unhealthy.wait_for(|reason| reason.is_some()) => {}
+                }
+                supervisor.draining.store(true, Ordering::Relaxed);
+                let _ = stop_sender.send(true);
             }
-            supervisor.draining.store(true, Ordering::Relaxed);
         };
-        let trigger =
-            HttpTrigger::new(supervisor.pool.clone(), supervisor.config.host.http.clone());
-        let drained = trigger
-            .serve(listener, stop_serving, supervisor.config.host.grace)
-            .await;
+        let stopped = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
+        };
+        let queue_task = supervisor.queue.clone().map(|queue| {
+            let binding = supervisor
+                .config
+                .queue
+                .clone()
+                .expect("a queue has a binding");
+            let pool = supervisor.pool.clone();
+            let trigger = Arc::new(QueueTrigger::new(
+                queue,
+                supervisor.pool.clone(),
+                binding.settings,
+                Arc::new(move || pool.links().len()),
+            ));
+            *supervisor.queue_trigger.lock().expect("queue trigger") = Some(trigger.clone());
+            tracing::info!("queue trigger on {}", binding.spec.name());
+            let grace = supervisor.config.host.grace;
+            let stop = stopped(stop_receiver.clone());
+            tokio::spawn(async move { trigger.run(stop, grace).await })
+        });
+        tokio::spawn(supervisor.clone().control(stopped(stop_receiver.clone())));
+        let http = HttpTrigger::new(supervisor.pool.clone(), supervisor.config.host.http.clone());
+        let (http_drained, ()) = tokio::join!(
+            http.serve(
+                listener,
+                stopped(stop_receiver),
+                supervisor.config.host.grace
+            ),
+            stop_triggers
+        );
+        let queue_drained = match queue_task {
+            Some(task) => task.await.unwrap_or(false),
+            None => true,
+        };
         let crashed = supervisor.unhealthy.borrow().is_some();
-        supervisor.stop_workers(slot_tasks).await;
+        supervisor.stop_workers().await;
         if crashed {
             return Ok(ExitCode::from(EXIT_CRASH_LOOP));
         }
-        if drained {
+        if http_drained && queue_drained {
             tracing::info!("drained; exiting");
         } else {
-            tracing::warn!("grace period over with requests still in flight; exiting");
+            tracing::warn!("grace period over with work still in flight; exiting");
         }
         Ok(ExitCode::SUCCESS)
     }
 
+    /// Starts a new slot and the task that keeps it filled.
+    fn add_slot(self: &Arc<Self>) {
+        let slot = Arc::new(Slot::new(self.next_slot.fetch_add(1, Ordering::Relaxed)));
+        self.slots.lock().expect("slots").push(slot.clone());
+        let task = tokio::spawn(self.clone().watch_slot(slot));
+        self.slot_tasks.lock().expect("slot tasks").push(task);
+    }
+
+    /// Slots not retiring or stopped.
+    fn active_slots(&self) -> Vec<Arc<Slot>> {
+        self.slots
+            .lock()
+            .expect("slots")
+            .iter()
+            .filter(|slot| !slot.retiring.load(Ordering::Relaxed))
+            .cloned()
+            .collect()
+    }
+
+    /// Grows or shrinks to `target` workers.
+    fn scale_to(self: &Arc<Self>, target: usize) {
+        let active = self.active_slots();
+        if target > active.len() {
+            for _ in active.len()..target {
+                self.add_slot();
+            }
+        } else {
+            // Retire the newest first.
+            for slot in active.iter().rev().take(active.len() - target) {
+                slot.retiring.store(true, Ordering::Relaxed);
+                slot.retire.notify_one();
+            }
+        }
+    }
+
+    /// The scale controller and the queue gauges: every second, read the
+    /// signals, export them, and (with `--workers MIN..MAX`) resize.
+    async fn control(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let workers = self.config.workers;
+        let settings = self.config.queue.as_ref().map(|b| b.settings.clone());
+        let policy = ScalePolicy {
+            min: workers.min,
+            max: workers.max,
+            cooldown: self.config.scale_cooldown,
+            batch_size: settings.as_ref().map_or(0, |s| s.batch_size),
+            new_batch_threshold: settings.as_ref().map_or(0, |s| s.new_batch_threshold),
+        };
+        let mut lower_since: Option<Instant> = None;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticker.tick() => {}
+            }
+            let stats = match &self.queue {
+                Some(queue) => match queue.stats().await {
+                    Ok(stats) => {
+                        self.metrics.set_queue(queue.name(), &stats);
+                        Some(stats)
+                    }
+                    Err(error) => {
+                        tracing::warn!("queue {}: cannot read its stats: {error}", queue.name());
+                        None
+                    }
+                },
+                None => None,
+            };
+            let queue_in_flight = self
+                .queue_trigger
+                .lock()
+                .expect("queue trigger")
+                .as_ref()
+                .map_or(0, |trigger| trigger.in_flight());
+            let current = self.active_slots().len();
+            let inputs = ScaleInputs {
+                workers: current,
+                queue_length: stats.as_ref().map_or(0, |s| s.length),
+                oldest_age: stats.as_ref().and_then(|s| s.oldest_age),
+                http_in_flight: self.pool.in_flight().saturating_sub(queue_in_flight),
+            };
+            let (target, reason) = policy.target(&inputs);
+            self.metrics.scale_target.set(target as i64);
+            if workers.min == workers.max || self.stopping.load(Ordering::Relaxed) {
+                continue;
+            }
+            if target > current {
+                lower_since = None;
+                tracing::info!("scale: {current} → {target} workers ({reason}; {inputs})");
+                self.scale_to(target);
+            } else if target < current {
+                let since = *lower_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= policy.cooldown {
+                    tracing::info!(
+                        "scale: {current} → {target} workers ({reason}, lower for {} s; {inputs})",
+                        since.elapsed().as_secs()
+                    );
+                    self.scale_to(target);
+                    lower_since = None;
+                }
+            } else {
+                lower_since = None;
+            }
+        }
+    }
+
     /// Asks every worker to stop and waits for the slots to finish, up to
     /// [`WORKER_STOP_TIMEOUT`]; what is left is killed as the tasks drop.
-    async fn stop_workers(&self, slot_tasks: Vec<tokio::task::JoinHandle<()>>) {
+    async fn stop_workers(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.stop.notify_waiters();
-        for link in self.pool.links().into_iter().flatten() {
+        for link in self.pool.links() {
             link.shutdown();
         }
-        let all = futures_util::future::join_all(slot_tasks);
+        let tasks = std::mem::take(&mut *self.slot_tasks.lock().expect("slot tasks"));
+        let all = futures_util::future::join_all(tasks);
         if tokio::time::timeout(WORKER_STOP_TIMEOUT, all)
             .await
             .is_err()
         {
             tracing::warn!("workers did not stop within {WORKER_STOP_TIMEOUT:?}; killing them");
         }
+    }
+
+    /// The queue the trigger is bound to, if any.
+    pub fn queue(&self) -> Option<&Queue> {
+        self.queue.as_ref()
     }
 
     /// Starts the drain (as `POST /drain` does).
@@ -282,28 +520,27 @@ impl Supervisor {
     pub fn is_ready(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
-            && self.pool.links().iter().any(Option::is_some)
+            && !self.pool.links().is_empty()
     }
 
     /// The host's metrics, with the gauges read from the workers now.
     pub fn metrics_text(&self) -> String {
         let links = self.pool.links();
-        let instances: u64 = links.iter().flatten().map(|l| l.instances()).sum();
+        let instances: u64 = links.iter().map(|l| l.instances()).sum();
         self.metrics.instances.set(instances as i64);
         self.metrics.encode()
     }
 
     /// One row per worker slot.
     pub fn worker_status(&self) -> Vec<WorkerStatus> {
-        let links = self.pool.links();
-        self.slots
+        let slots = self.slots.lock().expect("slots").clone();
+        slots
             .iter()
-            .enumerate()
-            .map(|(slot, state)| {
-                let current = *state.state.lock().expect("slot state");
-                let link = links.get(slot).and_then(Option::as_ref);
+            .map(|slot| {
+                let current = *slot.state.lock().expect("slot state");
+                let link = self.pool.link(slot.id);
                 WorkerStatus {
-                    slot,
+                    slot: slot.id,
                     pid: current.pid,
                     phase: current.phase,
                     uptime_seconds: if current.pid.is_some() {
@@ -311,18 +548,18 @@ impl Supervisor {
                     } else {
                         0.0
                     },
-                    in_flight: link.map_or(0, |l| l.in_flight()),
-                    completed: state.counters.completed.load(Ordering::Relaxed),
-                    failures: state.counters.failures.load(Ordering::Relaxed),
-                    restarts: state.counters.restarts.load(Ordering::Relaxed),
-                    instances: link.map_or(0, |l| l.instances()),
+                    in_flight: link.as_ref().map_or(0, |l| l.in_flight()),
+                    completed: slot.counters.completed.load(Ordering::Relaxed),
+                    failures: slot.counters.failures.load(Ordering::Relaxed),
+                    restarts: slot.counters.restarts.load(Ordering::Relaxed),
+                    instances: link.as_ref().map_or(0, |l| l.instances()),
                 }
             })
             .collect()
     }
 
-    fn set_phase(&self, slot: usize, phase: SlotPhase, pid: Option<u32>) {
-        let mut state = self.slots[slot].state.lock().expect("slot state");
+    fn set_phase(&self, slot: &Slot, phase: SlotPhase, pid: Option<u32>) {
+        let mut state = slot.state.lock().expect("slot state");
         if state.pid != pid || phase == SlotPhase::Starting {
             state.since = Instant::now();
         }
@@ -330,9 +567,10 @@ impl Supervisor {
         state.pid = pid;
     }
 
-    /// Keeps slot `slot` filled until the host stops or the breaker trips.
-    async fn watch_slot(self: Arc<Self>, slot: usize) {
-        if slot > 0 {
+    /// Keeps `slot` filled until the host stops, the slot is retired, or
+    /// the breaker trips.
+    async fn watch_slot(self: Arc<Self>, slot: Arc<Slot>) {
+        if slot.id > 0 {
             // Let the first worker compile (and fill the compile cache)
             // before the others load.
             let mut first_ready = self.first_ready.subscribe();
@@ -342,41 +580,45 @@ impl Supervisor {
             }
         }
         let mut backoff = Backoff::default();
-        while !self.stopping.load(Ordering::Relaxed) {
-            let end = self.run_worker(slot).await;
+        while !self.stopping.load(Ordering::Relaxed) && !slot.retiring.load(Ordering::Relaxed) {
+            let end = self.run_worker(&slot).await;
             let delay = match end {
-                WorkerEnd::Stopped => break,
+                WorkerEnd::Stopped | WorkerEnd::Retired => break,
                 WorkerEnd::StartFailed(message) if !self.serving.load(Ordering::Relaxed) => {
                     let _ = self.startup.send(StartupEvent::StartFailed(message));
                     break;
                 }
                 WorkerEnd::StartFailed(message) => {
-                    self.failed(slot, &mut backoff, Duration::ZERO, &message)
+                    self.failed(slot.id, &mut backoff, Duration::ZERO, &message)
                 }
                 WorkerEnd::Recycled => Some(Duration::ZERO),
                 WorkerEnd::Failed { uptime, reason } => {
-                    self.failed(slot, &mut backoff, uptime, &reason)
+                    self.failed(slot.id, &mut backoff, uptime, &reason)
                 }
             };
             let Some(delay) = delay else { break };
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.stopping.load(Ordering::Relaxed) || slot.retiring.load(Ordering::Relaxed) {
                 break;
             }
             if !delay.is_zero() {
-                self.set_phase(slot, SlotPhase::Backoff, None);
-                tracing::info!("worker {slot}: restarting in {} ms", delay.as_millis());
+                self.set_phase(&slot, SlotPhase::Backoff, None);
+                tracing::info!("worker {}: restarting in {} ms", slot.id, delay.as_millis());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = self.stop.notified() => break,
+                    () = slot.retire.notified() => break,
                 }
             }
-            self.slots[slot]
-                .counters
-                .restarts
-                .fetch_add(1, Ordering::Relaxed);
+            slot.counters.restarts.fetch_add(1, Ordering::Relaxed);
             self.metrics.worker_restarts.inc();
         }
-        self.set_phase(slot, SlotPhase::Stopped, None);
+        self.set_phase(&slot, SlotPhase::Stopped, None);
+        if slot.retiring.load(Ordering::Relaxed) {
+            self.slots
+                .lock()
+                .expect("slots")
+                .retain(|other| other.id != slot.id);
+        }
     }
 
     /// Records a worker failure; returns the delay before the next start,
@@ -396,7 +638,7 @@ impl Supervisor {
         if tripped {
             let message = format!(
                 "crash loop: {count} worker failures within 30 minutes (limit 3 × {} workers); the host is unhealthy and stops",
-                self.slots.len()
+                self.config.workers.max
             );
             tracing::error!("{message}");
             self.unhealthy.send_replace(Some(message));
@@ -406,9 +648,10 @@ impl Supervisor {
     }
 
     /// Starts one worker process in `slot` and runs it until it ends.
-    async fn run_worker(&self, slot: usize) -> WorkerEnd {
+    async fn run_worker(&self, slot_state: &Slot) -> WorkerEnd {
+        let slot = slot_state.id;
         let started = Instant::now();
-        self.set_phase(slot, SlotPhase::Starting, None);
+        self.set_phase(slot_state, SlotPhase::Starting, None);
         let worker = match process::spawn(self.config.limits) {
             Ok(worker) => worker,
             Err(error) => {
@@ -423,12 +666,12 @@ impl Supervisor {
             pid,
             channel,
         } = worker;
-        self.set_phase(slot, SlotPhase::Starting, Some(pid));
+        self.set_phase(slot_state, SlotPhase::Starting, Some(pid));
         tracing::debug!("worker {slot} started (pid {pid})");
         let (read_half, write_half) = channel.into_split();
         let (to_worker, _writer) = ipc::spawn_writer::<_, ToWorker>(write_half);
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
-        let workers = self.slots.len();
+        let workers = self.active_slots().len().max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = to_worker.send(ToWorker::Init(Box::new(WorkerInit {
             protocol: ipc::PROTOCOL_VERSION,
@@ -437,6 +680,7 @@ impl Supervisor {
             config: self.config.host.clone(),
             runtime_threads: (cores / workers).max(1),
             log_filter: self.config.log_filter.clone(),
+            queue_bound: self.config.queue.is_some(),
         })));
 
         let first = tokio::select! {
@@ -476,13 +720,13 @@ impl Supervisor {
             started,
             lane,
             to_worker,
-            self.slots[slot].counters.clone(),
+            slot_state.counters.clone(),
             self.metrics.clone(),
             self.function.clone(),
         ));
         self.pool.install(link.clone());
         self.metrics.workers.inc();
-        self.set_phase(slot, SlotPhase::Ready, Some(pid));
+        self.set_phase(slot_state, SlotPhase::Ready, Some(pid));
         tracing::info!(
             "worker {slot} (pid {pid}) ready in {} ms",
             started.elapsed().as_millis()
@@ -507,6 +751,10 @@ impl Supervisor {
                 let _ = child.wait().await;
                 "recycled".to_string()
             }
+            () = slot_state.retire.notified() => {
+                self.retire(slot_state, &link, &mut child).await;
+                "retired".to_string()
+            }
         };
         self.pool.remove(slot);
         self.metrics.workers.dec();
@@ -518,10 +766,35 @@ impl Supervisor {
         if link.overran() {
             return WorkerEnd::Recycled;
         }
+        if slot_state.retiring.load(Ordering::Relaxed) {
+            return WorkerEnd::Retired;
+        }
         WorkerEnd::Failed {
             uptime: started.elapsed(),
             reason,
         }
+    }
+}
+
+impl Supervisor {
+    /// Scales a worker down: no new work, in-flight work finishes (within
+    /// `--grace`), then it is asked to exit.
+    async fn retire(&self, slot: &Slot, link: &Arc<WorkerLink>, child: &mut tokio::process::Child) {
+        self.set_phase(slot, SlotPhase::Retiring, Some(link.pid));
+        self.pool.remove(slot.id);
+        let deadline = Instant::now() + self.config.host.grace;
+        while link.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        link.shutdown();
+        if tokio::time::timeout(WORKER_STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        tracing::info!("worker {} (pid {}) retired", slot.id, link.pid);
     }
 }
 

@@ -10,6 +10,7 @@
 use crate::config::Lane;
 use crate::invocation::{
     Body, BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError,
+    QueueInvocation, QueueResult,
 };
 use crate::ipc::{self, ChannelBody, InvokeHead, ToSupervisor, ToWorker};
 use crate::metrics::Metrics;
@@ -45,6 +46,11 @@ pub struct SlotCounters {
 /// A response head on its way from the reader to the waiting dispatch.
 type HeadResult = Result<http::Response<Body>, InvocationError>;
 
+struct PendingQueue {
+    reply: oneshot::Sender<QueueResult>,
+    started: Instant,
+}
+
 struct Pending {
     head: Option<oneshot::Sender<HeadResult>>,
     body: Option<mpsc::UnboundedSender<Result<Bytes, BodyError>>>,
@@ -63,6 +69,7 @@ pub struct WorkerLink {
     pub lane: Lane,
     to_worker: mpsc::UnboundedSender<ToWorker>,
     pending: Mutex<HashMap<u64, Pending>>,
+    queue_pending: Mutex<HashMap<u64, PendingQueue>>,
     in_flight: AtomicUsize,
     instances: AtomicU64,
     counters: Arc<SlotCounters>,
@@ -93,6 +100,7 @@ impl WorkerLink {
             lane,
             to_worker,
             pending: Mutex::new(HashMap::new()),
+            queue_pending: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             instances: AtomicU64::new(0),
             counters,
@@ -214,6 +222,17 @@ impl WorkerLink {
                     }
                 }
             }
+            ToSupervisor::QueueDone { id, failure } => {
+                if let Some(entry) = self.take_queue(id) {
+                    let outcome = failure.as_ref().map_or("ok", |(kind, _)| kind.as_str());
+                    self.count(outcome, entry.started);
+                    let result = match failure {
+                        None => Ok(()),
+                        Some((kind, detail)) => Err(InvocationError::new(kind, detail)),
+                    };
+                    let _ = entry.reply.send(result);
+                }
+            }
             ToSupervisor::Stats { instances } => {
                 self.instances.store(instances, Ordering::Relaxed);
             }
@@ -238,6 +257,38 @@ impl WorkerLink {
             },
         );
         receiver
+    }
+
+    /// Registers a queue invocation before it is sent.
+    fn register_queue(&self, id: u64) -> oneshot::Receiver<QueueResult> {
+        let (reply, receiver) = oneshot::channel();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        self.queue_pending
+            .lock()
+            .expect("queue pending map")
+            .insert(
+                id,
+                PendingQueue {
+                    reply,
+                    started: Instant::now(),
+                },
+            );
+        receiver
+    }
+
+    /// Removes a pending queue invocation, keeping the in-flight counts right.
+    fn take_queue(&self, id: u64) -> Option<PendingQueue> {
+        let entry = self
+            .queue_pending
+            .lock()
+            .expect("queue pending map")
+            .remove(&id);
+        if entry.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.in_flight.dec();
+        }
+        entry
     }
 
     /// Removes a pending invocation, keeping the in-flight counts right.
@@ -283,6 +334,9 @@ impl WorkerLink {
         if let Some(entry) = self.take(id) {
             self.count(FailureKind::Timeout.as_str(), entry.started);
         }
+        if let Some(entry) = self.take_queue(id) {
+            self.count(FailureKind::Timeout.as_str(), entry.started);
+        }
         self.overran.store(true, Ordering::Relaxed);
         self.recycle.notify_one();
     }
@@ -290,6 +344,7 @@ impl WorkerLink {
     /// The worker is gone: fail everything pending on it with `worker-lost`.
     pub fn lose(&self) {
         self.lost.store(true, Ordering::Relaxed);
+        self.lose_queue();
         let drained: Vec<(u64, Pending)> =
             self.pending.lock().expect("pending map").drain().collect();
         for (id, mut entry) in drained {
@@ -303,6 +358,24 @@ impl WorkerLink {
                 tracing::warn!("[{id:016x}] response cut short: {detail}");
                 let _ = body.send(Err(BodyError::Transport(detail)));
             }
+        }
+    }
+
+    fn lose_queue(&self) {
+        let drained: Vec<(u64, PendingQueue)> = self
+            .queue_pending
+            .lock()
+            .expect("queue pending map")
+            .drain()
+            .collect();
+        for (_, entry) in drained {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.in_flight.dec();
+            self.count(FailureKind::WorkerLost.as_str(), entry.started);
+            let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
+            let _ = entry
+                .reply
+                .send(Err(InvocationError::new(FailureKind::WorkerLost, detail)));
         }
     }
 
@@ -329,42 +402,60 @@ impl Drop for CancelOnDrop {
 
 /// The ready workers, as a [`Dispatch`].
 pub struct WorkerPool {
-    links: RwLock<Vec<Option<Arc<WorkerLink>>>>,
+    links: RwLock<Vec<Arc<WorkerLink>>>,
     turn: AtomicUsize,
     deadline: Duration,
 }
 
 impl WorkerPool {
-    /// A pool of `slots` slots, none ready yet; invocations running longer
-    /// than `timeout` plus [`OVERRUN_GRACE`] recycle their worker.
-    pub fn new(slots: usize, timeout: Duration) -> Self {
+    /// An empty pool; invocations running longer than `timeout` plus
+    /// [`OVERRUN_GRACE`] recycle their worker.
+    pub fn new(timeout: Duration) -> Self {
         Self {
-            links: RwLock::new(vec![None; slots]),
+            links: RwLock::new(Vec::new()),
             turn: AtomicUsize::new(0),
             deadline: timeout + OVERRUN_GRACE,
         }
     }
 
-    /// Puts a ready worker into its slot.
+    /// Adds a ready worker.
     pub fn install(&self, link: Arc<WorkerLink>) {
         let mut links = self.links.write().expect("pool");
-        let slot = link.slot;
-        if links.len() <= slot {
-            links.resize(slot + 1, None);
-        }
-        links[slot] = Some(link);
+        links.retain(|existing| existing.slot != link.slot);
+        links.push(link);
     }
 
-    /// Takes a worker out of its slot (it exited or is being retired).
+    /// Takes slot `slot`'s worker out (it exited or is being retired).
     pub fn remove(&self, slot: usize) {
-        if let Some(entry) = self.links.write().expect("pool").get_mut(slot) {
-            *entry = None;
-        }
+        self.links
+            .write()
+            .expect("pool")
+            .retain(|link| link.slot != slot);
     }
 
-    /// The live links, by slot.
-    pub fn links(&self) -> Vec<Option<Arc<WorkerLink>>> {
+    /// The ready workers.
+    pub fn links(&self) -> Vec<Arc<WorkerLink>> {
         self.links.read().expect("pool").clone()
+    }
+
+    /// The ready worker of `slot`, if any.
+    pub fn link(&self, slot: usize) -> Option<Arc<WorkerLink>> {
+        self.links
+            .read()
+            .expect("pool")
+            .iter()
+            .find(|link| link.slot == slot)
+            .cloned()
+    }
+
+    /// Invocations in flight on all workers.
+    pub fn in_flight(&self) -> usize {
+        self.links
+            .read()
+            .expect("pool")
+            .iter()
+            .map(|l| l.in_flight())
+            .sum()
     }
 
     /// The ready worker with the fewest invocations in flight; among equals,
@@ -378,9 +469,7 @@ impl WorkerPool {
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
         let mut best: Option<&Arc<WorkerLink>> = None;
         for offset in 0..count {
-            let Some(link) = &links[(start + offset) % count] else {
-                continue;
-            };
+            let link = &links[(start + offset) % count];
             if link.is_lost() {
                 continue;
             }
@@ -498,5 +587,59 @@ impl Dispatch for WorkerPool {
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
         Box::pin(run(self.pick(), self.deadline, invocation))
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        Box::pin(run_queue(self.pick(), self.deadline, invocation))
+    }
+}
+
+/// Runs one queue message on `link` (none: no worker is ready).
+async fn run_queue(
+    link: Option<Arc<WorkerLink>>,
+    deadline: Duration,
+    invocation: QueueInvocation,
+) -> QueueResult {
+    let Some(link) = link else {
+        return Err(InvocationError::new(
+            FailureKind::Capacity,
+            "no worker is ready",
+        ));
+    };
+    let id = invocation.id.to_u64();
+    let reply = link.register_queue(id);
+    let sent = link.to_worker.send(ToWorker::InvokeQueue {
+        id,
+        message: invocation.message,
+    });
+    if sent.is_err() {
+        link.take_queue(id);
+        return Err(InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) is gone", link.slot, link.pid),
+        ));
+    }
+    match tokio::time::timeout(deadline, reply).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) exited", link.slot, link.pid),
+        )),
+        Err(_) => {
+            tracing::error!(
+                "[{id:016x}] worker {} (pid {}) gave no answer within --timeout + {} s; recycling it",
+                link.slot,
+                link.pid,
+                OVERRUN_GRACE.as_secs()
+            );
+            link.overrun(id);
+            Err(InvocationError::new(
+                FailureKind::Timeout,
+                "the worker overran the deadline and is being recycled",
+            ))
+        }
     }
 }

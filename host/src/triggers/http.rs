@@ -217,6 +217,7 @@ fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body>
         FailureKind::Memory => "the function ran out of memory",
         FailureKind::Capacity => "the host is at capacity; retry later",
         FailureKind::WorkerLost => "the worker running the function was lost",
+        FailureKind::Rejected => "the function failed",
     };
     let mut response = plain_response(id, error.kind.status(), message.to_string());
     let headers = response.headers_mut();

@@ -3,3 +3,4 @@
 //! trigger code serves an embedded host and one with worker processes.
 
 pub mod http;
+pub mod queue;

@@ -1,0 +1,430 @@
+//! A Redis stream as a queue, for hosts on many machines
+//! (`--queue redis://HOST:PORT/STREAM`), through the redis crate.
+//!
+//! - Every host joins the consumer group `fnhost` (created with the stream
+//!   if missing) as its own consumer (`<hostname>-<pid>`).
+//! - `receive` first claims entries other consumers left pending longer
+//!   than the visibility timeout (`XAUTOCLAIM`: the owner died, or its
+//!   worker did), then reads new ones (`XREADGROUP >`). The delivery count
+//!   is Redis's own (`XPENDING`'s times-delivered), so the poison rule holds
+//!   across hosts.
+//! - `complete` acknowledges and deletes the entry (`XACK` + `XDEL`).
+//! - `abandon` makes an entry claimable at once: `XCLAIM … IDLE <large>
+//!   JUSTID` sets its idle time past the visibility timeout without counting
+//!   a delivery, and the next `receive` claims it.
+//! - `renew` resets the idle time (`XCLAIM … JUSTID`).
+//! - `poison` copies the entry to `<stream>-poison` with its attempt count
+//!   and the last error, then acknowledges and deletes it.
+//!
+//! An entry's fields: `body` (bytes), `enqueued_at` (ms), and `attr:<key>`
+//! for each attribute. The message id is the entry id.
+
+use super::{Delivery, QueueError, QueueStats, now_ms};
+use crate::invocation::QueueMessage;
+use bytes::Bytes;
+use redis::Value;
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+/// The consumer group every fnhost host joins.
+pub const GROUP: &str = "fnhost";
+/// Idle time given to an abandoned entry so the next receive claims it.
+const ABANDONED_IDLE_MS: u64 = 1 << 40;
+
+/// One stream of one Redis server.
+#[derive(Clone)]
+pub struct RedisQueue {
+    connection: ConnectionManager,
+    stream: String,
+    consumer: String,
+    url: String,
+}
+
+fn backend(error: redis::RedisError) -> QueueError {
+    QueueError::Backend(format!("redis: {error}"))
+}
+
+impl RedisQueue {
+    /// Connects and makes sure the stream and the consumer group exist.
+    pub async fn connect(url: &str, stream: &str) -> Result<Self, QueueError> {
+        let fail = |reason: String| QueueError::Open {
+            location: format!("{url}/{stream}"),
+            reason,
+        };
+        let client = redis::Client::open(url).map_err(|e| fail(e.to_string()))?;
+        let connection =
+            tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
+                .await
+                .map_err(|_| fail("no answer within 10 s".to_string()))?
+                .map_err(|e| fail(e.to_string()))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".to_string());
+        let queue = Self {
+            connection,
+            stream: stream.to_string(),
+            consumer: format!("{host}-{}", std::process::id()),
+            url: url.to_string(),
+        };
+        queue
+            .ensure_group()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(queue)
+    }
+
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.connection.clone())
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            Err(error) => Err(backend(error)),
+        }
+    }
+
+    /// The stream's key.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Another stream on the same server.
+    pub fn sibling(&self, stream: &str) -> Self {
+        Self {
+            stream: stream.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Appends an entry; returns its id.
+    pub async fn send(
+        &self,
+        body: Bytes,
+        attributes: Vec<(String, String)>,
+    ) -> Result<String, QueueError> {
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(&self.stream)
+            .arg("*")
+            .arg("body")
+            .arg(&body[..])
+            .arg("enqueued_at")
+            .arg(now_ms());
+        for (key, value) in &attributes {
+            command.arg(format!("attr:{key}")).arg(value);
+        }
+        command
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(backend)
+    }
+
+    /// Claims stale entries, then reads new ones, up to `max` in all.
+    pub async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut connection = self.connection.clone();
+        let claimed: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(visibility.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        let mut entries = match &claimed {
+            Value::Array(parts) if parts.len() >= 2 => parse_entries(&parts[1]),
+            _ => Vec::new(),
+        };
+        let claimed_count = entries.len();
+        if entries.len() < max {
+            let read: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(max - entries.len())
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">")
+                .query_async(&mut connection)
+                .await
+                .map_err(backend)?;
+            if let Value::Array(streams) = &read {
+                for stream in streams {
+                    if let Value::Array(pair) = stream
+                        && pair.len() == 2
+                    {
+                        entries.extend(parse_entries(&pair[1]));
+                    }
+                }
+            }
+        }
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (index, (id, fields)) in entries.into_iter().enumerate() {
+            let dequeue_count = if index < claimed_count {
+                self.times_delivered(&id).await?
+            } else {
+                1
+            };
+            deliveries.push(Delivery {
+                message: message_from_fields(id.clone(), fields, dequeue_count),
+                receipt: id,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    /// Redis's delivery count of one pending entry.
+    async fn times_delivered(&self, id: &str) -> Result<u32, QueueError> {
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(backend)?;
+        Ok(match &pending {
+            Value::Array(rows) => rows
+                .first()
+                .and_then(|row| match row {
+                    Value::Array(fields) => fields.get(3).and_then(as_u64),
+                    _ => None,
+                })
+                .unwrap_or(1) as u32,
+            _ => 1,
+        })
+    }
+
+    /// Acknowledges and deletes an entry.
+    pub async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        redis::pipe()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&delivery.receipt)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(&delivery.receipt)
+            .ignore()
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(backend)
+    }
+
+    /// Makes an entry claimable by the next receive, without counting a delivery.
+    pub async fn abandon(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&delivery.receipt)
+            .arg("IDLE")
+            .arg(ABANDONED_IDLE_MS)
+            .arg("JUSTID")
+            .query_async::<Value>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    /// Resets an entry's idle time, keeping it from being claimed.
+    pub async fn renew(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&delivery.receipt)
+            .arg("JUSTID")
+            .query_async::<Value>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    /// Copies an entry to `poison_stream` and removes it from this one.
+    pub async fn poison(
+        &self,
+        delivery: &Delivery,
+        poison_stream: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let message = &delivery.message;
+        let mut add = redis::cmd("XADD");
+        add.arg(poison_stream)
+            .arg("*")
+            .arg("body")
+            .arg(&message.body[..])
+            .arg("enqueued_at")
+            .arg(message.enqueued_at_ms)
+            .arg("original_id")
+            .arg(&message.id)
+            .arg("dequeue_count")
+            .arg(message.dequeue_count)
+            .arg("last_error")
+            .arg(reason);
+        for (key, value) in &message.attributes {
+            add.arg(format!("attr:{key}")).arg(value);
+        }
+        add.query_async::<String>(&mut self.connection.clone())
+            .await
+            .map_err(backend)?;
+        self.complete(delivery).await
+    }
+
+    /// Entries in the stream, pending ones, the oldest's age, and the
+    /// poison stream's length.
+    pub async fn stats(&self, poison_stream: &str) -> Result<QueueStats, QueueError> {
+        let mut connection = self.connection.clone();
+        let (length, poison, oldest, pending): (u64, u64, Value, Value) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("XLEN")
+            .arg(poison_stream)
+            .cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        let oldest_ms = parse_entries(&oldest).first().and_then(|(id, fields)| {
+            field(fields, "enqueued_at")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .or_else(|| id.split('-').next()?.parse().ok())
+        });
+        let in_flight = match &pending {
+            Value::Array(summary) => summary.first().and_then(as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(QueueStats {
+            length,
+            in_flight,
+            oldest_age: oldest_ms.map(|at| Duration::from_millis(now_ms().saturating_sub(at))),
+            poison,
+        })
+    }
+
+    /// Up to `max` entries, oldest first.
+    pub async fn peek(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
+        let range: Value = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(backend)?;
+        Ok(parse_entries(&range)
+            .into_iter()
+            .map(|(id, fields)| {
+                let count = field(&fields, "dequeue_count")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+                message_from_fields(id, fields, count)
+            })
+            .collect())
+    }
+}
+
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `[[id, [field, value, …]], …]` → entries; anything else is skipped.
+fn parse_entries(value: &Value) -> Vec<(String, Fields)> {
+    let Value::Array(entries) = value else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(pair) = entry else {
+                return None;
+            };
+            let id = as_string(pair.first()?)?;
+            let Value::Array(flat) = pair.get(1)? else {
+                return None;
+            };
+            let fields = flat
+                .chunks(2)
+                .filter_map(|kv| Some((as_bytes(kv.first()?)?, as_bytes(kv.get(1)?)?)))
+                .collect();
+            Some((id, fields))
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name.as_bytes())
+        .map(|(_, value)| value.as_slice())
+}
+
+fn message_from_fields(id: String, fields: Fields, dequeue_count: u32) -> QueueMessage {
+    let enqueued_at_ms = field(&fields, "enqueued_at")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0);
+    let body = field(&fields, "body")
+        .map(Bytes::copy_from_slice)
+        .unwrap_or_default();
+    let attributes = fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = std::str::from_utf8(key).ok()?.strip_prefix("attr:")?;
+            Some((key.to_string(), String::from_utf8_lossy(value).into_owned()))
+        })
+        .collect();
+    QueueMessage {
+        id,
+        body,
+        dequeue_count,
+        enqueued_at_ms,
+        attributes,
+    }
+}
+
+fn as_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    as_bytes(value).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_string(other)?.parse().ok(),
+    }
+}

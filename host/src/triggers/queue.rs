@@ -1,0 +1,269 @@
+//! The queue trigger: feeds a component's queue handler from a [`Queue`],
+//! with the semantics of Azure Functions' queue trigger.
+//!
+//! - It fetches up to `--batch-size` messages per ready worker, and fetches
+//!   again once the messages in flight drop to `--new-batch-threshold` per
+//!   worker, so at most `batch-size + new-batch-threshold` run per worker.
+//! - A fetched message is invisible for `--visibility-timeout`, renewed
+//!   every third of it while its handler runs, so no second consumer takes
+//!   it meanwhile: never two concurrent executions of one message.
+//! - `ok` deletes the message. A failure (the handler's `err`, a trap, a
+//!   timeout, a lost worker) makes it visible again at once, so a message
+//!   whose worker died is retried immediately rather than after the
+//!   visibility timeout; the timeout is the fallback when the whole host
+//!   dies. After `--max-dequeue-count` failed deliveries it moves to
+//!   `<queue>-poison` with its body and attempt count.
+//! - On shutdown it stops fetching and waits for the messages in flight.
+//!
+//! Delivery is therefore at-least-once: a message whose handler succeeded
+//! but whose acknowledgement was lost (the host died in between) runs again.
+
+use crate::invocation::{Dispatch, FailureKind, InvocationId, QueueInvocation};
+use crate::queue::{Delivery, Queue};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Default messages fetched per worker (`--batch-size`), as Azure's.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// Largest `--batch-size`.
+pub const MAX_BATCH_SIZE: usize = 1024;
+/// Default visibility timeout (`--visibility-timeout`).
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default failed deliveries before the poison queue (`--max-dequeue-count`).
+pub const DEFAULT_MAX_DEQUEUE_COUNT: u32 = 5;
+/// Shortest wait between polls of an empty queue.
+const POLL_MIN: Duration = Duration::from_millis(20);
+/// Longest wait between polls of an empty queue.
+const POLL_MAX: Duration = Duration::from_secs(1);
+/// Wait after a failed fetch before the next.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// How the trigger fetches and retries.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// Messages fetched at once per worker.
+    pub batch_size: usize,
+    /// In-flight messages per worker at which the next batch is fetched.
+    pub new_batch_threshold: usize,
+    /// How long a fetched message stays invisible (renewed while it runs).
+    pub visibility_timeout: Duration,
+    /// Failed deliveries before a message moves to the poison queue.
+    pub max_dequeue_count: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: DEFAULT_BATCH_SIZE,
+            new_batch_threshold: DEFAULT_BATCH_SIZE / 2,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            max_dequeue_count: DEFAULT_MAX_DEQUEUE_COUNT,
+        }
+    }
+}
+
+/// Counters of one trigger.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Messages handled and deleted.
+    pub completed: AtomicU64,
+    /// Deliveries that failed (and were retried or poisoned).
+    pub failed: AtomicU64,
+    /// Messages moved to the poison queue.
+    pub poisoned: AtomicU64,
+}
+
+/// Feeds one queue to a dispatch.
+pub struct QueueTrigger {
+    queue: Queue,
+    dispatch: Arc<dyn Dispatch>,
+    settings: QueueSettings,
+    workers: Arc<dyn Fn() -> usize + Send + Sync>,
+    in_flight: Arc<AtomicUsize>,
+    finished: Arc<Notify>,
+    counters: Arc<QueueCounters>,
+}
+
+impl QueueTrigger {
+    /// A trigger feeding `queue` to `dispatch`; `workers` says how many
+    /// workers are ready now (the batch bounds are per worker).
+    pub fn new(
+        queue: Queue,
+        dispatch: Arc<dyn Dispatch>,
+        settings: QueueSettings,
+        workers: Arc<dyn Fn() -> usize + Send + Sync>,
+    ) -> Self {
+        Self {
+            queue,
+            dispatch,
+            settings,
+            workers,
+            in_flight: Arc::default(),
+            finished: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// Messages being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The trigger's counters.
+    pub fn counters(&self) -> Arc<QueueCounters> {
+        self.counters.clone()
+    }
+
+    /// Fetches and dispatches until `shutdown` resolves, then waits up to
+    /// `grace` for the messages in flight. Returns whether they finished.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>, grace: Duration) -> bool {
+        tokio::pin!(shutdown);
+        let mut idle_wait = POLL_MIN;
+        loop {
+            // Registered before in_flight is read, so a finish in between
+            // is not missed.
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let workers = (self.workers)().max(1);
+            let in_flight = self.in_flight();
+            let wait = if in_flight > self.settings.new_batch_threshold * workers {
+                // Enough running: wait for one to finish.
+                None
+            } else {
+                let room = (self.settings.batch_size + self.settings.new_batch_threshold) * workers
+                    - in_flight;
+                let wanted = room.min(self.settings.batch_size * workers);
+                match self
+                    .queue
+                    .receive(wanted, self.settings.visibility_timeout)
+                    .await
+                {
+                    Ok(deliveries) if deliveries.is_empty() => {
+                        let wait = idle_wait;
+                        idle_wait = (idle_wait * 2).min(POLL_MAX);
+                        Some(wait)
+                    }
+                    Ok(deliveries) => {
+                        idle_wait = POLL_MIN;
+                        for delivery in deliveries {
+                            self.start(delivery);
+                        }
+                        Some(Duration::ZERO)
+                    }
+                    Err(error) => {
+                        tracing::warn!("queue {}: fetch failed: {error}", self.queue.name());
+                        Some(RETRY_AFTER_ERROR)
+                    }
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = finished, if wait.is_none() => {}
+                () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+        }
+        tracing::info!(
+            "queue {}: stopped fetching; waiting for {} message(s) in flight",
+            self.queue.name(),
+            self.in_flight()
+        );
+        let drained = async {
+            loop {
+                let finished = self.finished.notified();
+                tokio::pin!(finished);
+                finished.as_mut().enable();
+                if self.in_flight() == 0 {
+                    break;
+                }
+                finished.await;
+            }
+        };
+        tokio::time::timeout(grace, drained).await.is_ok()
+    }
+
+    /// Runs one delivery in its own task.
+    fn start(&self, delivery: Delivery) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let queue = self.queue.clone();
+        let call = self.dispatch.dispatch_queue(QueueInvocation {
+            id: InvocationId::next(),
+            message: delivery.message.clone(),
+        });
+        let settings = self.settings.clone();
+        let in_flight = self.in_flight.clone();
+        let finished = self.finished.clone();
+        let counters = self.counters.clone();
+        tokio::spawn(async move {
+            handle(&queue, call, &delivery, &settings, &counters).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            finished.notify_waiters();
+        });
+    }
+}
+
+/// Waits for one delivery's outcome, renewing its invisibility meanwhile,
+/// then completes, retries or poisons it.
+async fn handle(
+    queue: &Queue,
+    call: std::pin::Pin<Box<dyn Future<Output = crate::invocation::QueueResult> + Send>>,
+    delivery: &Delivery,
+    settings: &QueueSettings,
+    counters: &QueueCounters,
+) {
+    let renew_every = (settings.visibility_timeout / 3).max(Duration::from_millis(100));
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            () = tokio::time::sleep(renew_every) => {
+                if let Err(error) = queue.renew(delivery, settings.visibility_timeout).await {
+                    tracing::warn!("message {}: cannot renew its visibility: {error}", delivery.message.id);
+                }
+            }
+        }
+    };
+    let message = &delivery.message;
+    let outcome = match result {
+        Ok(()) => {
+            counters.completed.fetch_add(1, Ordering::Relaxed);
+            queue.complete(delivery).await
+        }
+        Err(error) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("{}: {}", error.kind, error.detail);
+            if message.dequeue_count >= settings.max_dequeue_count {
+                counters.poisoned.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "message {} failed delivery {} of {} ({reason}); moving it to {}",
+                    message.id,
+                    message.dequeue_count,
+                    settings.max_dequeue_count,
+                    queue.poison_name()
+                );
+                queue.poison(delivery, &reason).await
+            } else {
+                let level_is_worker = error.kind == FailureKind::WorkerLost;
+                tracing::warn!(
+                    "message {} failed delivery {} of {} ({reason}); {}",
+                    message.id,
+                    message.dequeue_count,
+                    settings.max_dequeue_count,
+                    if level_is_worker {
+                        "released at once for another worker"
+                    } else {
+                        "released for a retry"
+                    }
+                );
+                queue.abandon(delivery, &reason).await
+            }
+        }
+    };
+    if let Err(error) = outcome {
+        // The visibility timeout will bring it back.
+        tracing::warn!("message {}: {error}", message.id);
+    }
+}
