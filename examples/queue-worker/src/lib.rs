@@ -5,8 +5,9 @@
 //! - a body starting with `fail` returns an error every time, so the host
 //!   retries it and after `--max-dequeue-count` attempts moves it to the
 //!   poison queue;
-//! - a body `sleep:N` waits N milliseconds on a host timer first (a slow
-//!   message, for the scaling test and for visibility renewal);
+//! - a body `sleep:N` (or `sleep:N:anything`) waits N milliseconds on a
+//!   host timer first (a slow message, for the scaling test and for
+//!   visibility renewal);
 //! - a body `panic` traps.
 //!
 //! Run it:
@@ -27,7 +28,8 @@ fn handle(message: Message) -> Result<(), String> {
     if body == "panic" {
         panic!("panicking on purpose");
     }
-    if let Some(ms) = body.strip_prefix("sleep:") {
+    if let Some(rest) = body.strip_prefix("sleep:") {
+        let ms = rest.split(':').next().unwrap_or_default();
         let ms: u64 = ms.parse().map_err(|_| format!("bad sleep {ms:?}"))?;
         fnhost_sdk::sleep(Duration::from_millis(ms));
     }

@@ -27,8 +27,11 @@ enum QueueAction {
         /// The body, or @FILE to read it from a file (@- for stdin).
         data: String,
         /// An attribute the handler sees (repeatable).
-        #[arg(long = "attribute", value_parser = fnhost::config::parse::parse_env_pair, value_name = "K=V")]
+        #[arg(long = "attribute", value_parser = fnhost::config::parse::parse_env_pair, value_name = "K=V", conflicts_with = "lines")]
         attributes: Vec<(String, String)>,
+        /// Send each non-empty line of DATA as its own message, all at once; prints one id per line.
+        #[arg(long)]
+        lines: bool,
     },
     /// Print length, oldest age, in-flight and poison counts as JSON.
     Stats {
@@ -64,11 +67,25 @@ impl QueueCommand {
         let queue = Queue::open(&spec, &self.data_dir).await?;
         match self.action {
             QueueAction::Send {
-                data, attributes, ..
+                data,
+                attributes,
+                lines,
+                ..
             } => {
                 let body = read_data(&data)?;
-                let id = queue.send(body.into(), attributes).await?;
-                println!("{id}");
+                if lines {
+                    let bodies = body
+                        .split(|&b| b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .map(|line| bytes::Bytes::copy_from_slice(line))
+                        .collect();
+                    for id in queue.send_batch(bodies).await? {
+                        println!("{id}");
+                    }
+                } else {
+                    let id = queue.send(body.into(), attributes).await?;
+                    println!("{id}");
+                }
             }
             QueueAction::Stats { .. } => {
                 println!("{}", queue.stats().await?.to_json());

@@ -120,6 +120,30 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Adds several messages to `queue` in one transaction.
+    pub async fn send_batch(
+        &self,
+        queue: &str,
+        messages: Vec<(String, Bytes)>,
+    ) -> Result<(), QueueError> {
+        let queue = queue.to_string();
+        self.with(move |connection| {
+            let now = now_ms() as i64;
+            let transaction = connection.transaction()?;
+            {
+                let mut insert = transaction.prepare_cached(
+                    "INSERT INTO messages (id, queue, body, attributes, enqueued_at, visible_at)
+                     VALUES (?1, ?2, ?3, '[]', ?4, ?4)",
+                )?;
+                for (id, body) in &messages {
+                    insert.execute(params![id, queue, &body[..], now])?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
     /// Takes up to `max` visible messages of `queue`, hiding them for
     /// `visibility`.
     pub async fn receive(

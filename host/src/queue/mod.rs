@@ -196,6 +196,21 @@ impl Queue {
         }
     }
 
+    /// Adds several messages at once (one transaction or round trip);
+    /// returns their ids.
+    pub async fn send_batch(&self, bodies: Vec<Bytes>) -> Result<Vec<String>, QueueError> {
+        match self {
+            Self::Embedded { store, name } => {
+                let messages: Vec<(String, Bytes)> =
+                    bodies.into_iter().map(|b| (new_message_id(), b)).collect();
+                let ids = messages.iter().map(|(id, _)| id.clone()).collect();
+                store.send_batch(name, messages).await?;
+                Ok(ids)
+            }
+            Self::Redis(queue) => queue.send_batch(bodies).await,
+        }
+    }
+
     /// Takes up to `max` visible messages, hidden for `visibility`.
     pub async fn receive(
         &self,

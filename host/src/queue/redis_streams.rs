@@ -130,6 +130,24 @@ impl RedisQueue {
             .map_err(backend)
     }
 
+    /// Appends several entries in one round trip; returns their ids.
+    pub async fn send_batch(&self, bodies: Vec<Bytes>) -> Result<Vec<String>, QueueError> {
+        let mut pipe = redis::pipe();
+        let now = now_ms();
+        for body in &bodies {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("body")
+                .arg(&body[..])
+                .arg("enqueued_at")
+                .arg(now);
+        }
+        pipe.query_async(&mut self.connection.clone())
+            .await
+            .map_err(backend)
+    }
+
     /// Claims stale entries, then reads new ones, up to `max` in all.
     pub async fn receive(
         &self,
@@ -388,6 +406,10 @@ fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
 }
 
 fn message_from_fields(id: String, fields: Fields, dequeue_count: u32) -> QueueMessage {
+    // A poison entry keeps the id the message had in its own queue.
+    let id = field(&fields, "original_id")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or(id, str::to_string);
     let enqueued_at_ms = field(&fields, "enqueued_at")
         .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
         .unwrap_or(0);
