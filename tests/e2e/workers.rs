@@ -339,20 +339,42 @@ fn workers_run_with_no_new_privileges_no_environment_and_no_core_dumps() {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let group: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
     assert_eq!(group, pid);
-    // Its only socket is its channel: the listening socket and client
-    // connections stay in the supervisor.
-    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.unwrap();
-            let target = std::fs::read_link(entry.path()).ok()?;
-            target
-                .to_string_lossy()
-                .starts_with("socket:")
-                .then(|| entry.file_name().to_string_lossy().into_owned())
-        })
+    // Nothing of the supervisor's reaches it but its channel: no socket
+    // (listener, client connections, admin) and no descriptor above 3 that
+    // the supervisor holds too.
+    let links = |pid: u32| -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.unwrap();
+                let target = std::fs::read_link(entry.path()).ok()?;
+                Some((
+                    entry.file_name().to_string_lossy().into_owned(),
+                    target.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect()
+    };
+    let supervisor_files: Vec<String> = links(server.pid())
+        .into_iter()
+        .filter(|(fd, target)| fd.parse::<u32>().unwrap() > 2 && !target.starts_with("anon_inode"))
+        .map(|(_, target)| target)
         .collect();
-    assert_eq!(sockets, ["3"], "the worker's sockets");
+    let worker = links(pid);
+    assert!(
+        worker
+            .iter()
+            .any(|(fd, target)| fd == "3" && target.starts_with("socket:")),
+        "fd 3 is the channel: {worker:?}"
+    );
+    let shared: Vec<_> = worker
+        .iter()
+        .filter(|(fd, target)| fd.parse::<u32>().unwrap() > 2 && supervisor_files.contains(target))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "inherited from the supervisor: {shared:?}"
+    );
     // It dies with the supervisor, even one killed with SIGKILL.
     kill(server.pid(), "KILL");
     wait_until(Duration::from_secs(2), "the worker gone", || {

@@ -77,7 +77,7 @@ impl QueueCommand {
                     let bodies = body
                         .split(|&b| b == b'\n')
                         .filter(|line| !line.is_empty())
-                        .map(|line| bytes::Bytes::copy_from_slice(line))
+                        .map(bytes::Bytes::copy_from_slice)
                         .collect();
                     for id in queue.send_batch(bodies).await? {
                         println!("{id}");

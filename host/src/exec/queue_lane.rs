@@ -92,7 +92,7 @@ impl QueueRunner {
                 format!("ran past its {} ms timeout", timeout.as_millis()),
             )
         };
-        let outcome = match &self.pre {
+        match &self.pre {
             Pre::Async(_) => {
                 let runner = self.clone();
                 let task = tokio::spawn(async move { runner.run_async(invocation).await });
@@ -119,8 +119,7 @@ impl QueueRunner {
                     Err(_) => Err(timed_out()),
                 }
             }
-        };
-        outcome
+        }
     }
 
     async fn run_async(&self, invocation: QueueInvocation) -> QueueResult {

@@ -13,8 +13,8 @@
 //!   [`WORKER_OPEN_FILES`] file descriptors, and `--worker-memory` as
 //!   `RLIMIT_DATA` when set;
 //! - gets its end of the channel as fd 3, and nothing else: the environment
-//!   is cleared, stdin is `/dev/null`, and every other descriptor of the
-//!   supervisor is close-on-exec.
+//!   is cleared, stdin is `/dev/null`, and every descriptor above 3 is
+//!   closed (`close_range`), including any the supervisor itself inherited.
 //!
 //! See docs/security.md for what this does and does not isolate.
 
@@ -62,7 +62,8 @@ pub fn spawn(limits: WorkerLimits) -> std::io::Result<WorkerProcess> {
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (setpgid, prctl, getppid, setrlimit,
-    // getrlimit, dup2, fcntl) on values copied in before the fork.
+    // getrlimit, dup2, fcntl, close_range, close) on values copied in
+    // before the fork.
     unsafe {
         command.pre_exec(move || harden_child(their_fd, supervisor_pid, limits));
     }
@@ -115,6 +116,19 @@ fn harden_child(
             check(libc::fcntl(CHANNEL_FD, libc::F_SETFD, 0))?;
         } else {
             check(libc::dup2(channel_fd, CHANNEL_FD))?;
+        }
+        // Descriptors the supervisor inherited without close-on-exec (from
+        // whatever started it) must not reach the worker either.
+        if libc::syscall(
+            libc::SYS_close_range,
+            CHANNEL_FD as libc::c_uint + 1,
+            libc::c_uint::MAX,
+            0,
+        ) == -1
+        {
+            for fd in CHANNEL_FD + 1..1024 {
+                libc::close(fd);
+            }
         }
     }
     Ok(())
