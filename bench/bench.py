@@ -210,6 +210,8 @@ def server_kinds(fnhost, native, wasmtime, quick):
             argv += ["--in-process"]
         if "threads" in extra:
             argv += ["--threads", str(extra["threads"])]
+        if "queue" in extra:
+            argv += ["--queue", extra["queue"], "--data-dir", extra["data_dir"]]
         return [*argv, str(EXAMPLES / f"{guest}.wasm")]
 
     def fnhost_async_argv(guest, port, extra):
@@ -236,12 +238,14 @@ def server_kinds(fnhost, native, wasmtime, quick):
     # process) measure what the process boundary costs and what more
     # workers buy.
     worker_scenarios = {"hello", "cpu", "cpu-1-thread"}
+    queue_scenarios = {"queue-embedded", "queue-redis"}
     kinds = [
         ServerKind("fnhost", fnhost_argv, wasm_path,
                    only=set(SCENARIOS)),
         ServerKind("fnhost-in-process", fnhost_in_process_argv, wasm_path,
                    only=worker_scenarios | {"hello-pinned"}),
-        ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path, only=worker_scenarios),
+        ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
+                   only=worker_scenarios | queue_scenarios),
     ]
     if quick:
         return kinds
@@ -262,7 +266,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
     def native_argv(guest, port, extra):
         return [str(native), f"127.0.0.1:{port}"]
 
-    others = set(SCENARIOS) - {"sync-lane", "cpu-1-thread"}
+    others = set(SCENARIOS) - {"sync-lane", "cpu-1-thread", "queue-embedded", "queue-redis"}
     kinds += [
         ServerKind("wasmtime-default", wasmtime_default, wasm_path, only=others),
         ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path, only=others),
@@ -424,6 +428,84 @@ def scenario_cold_start(kind, d, warm):
     return {"start_ms": statistics.median(times) * 1000}
 
 
+QUEUE_MESSAGES = 20_000
+FNHOST_BIN = None  # set by main(): the queue scenarios use `fnhost queue`
+
+
+def start_redis():
+    """A throwaway redis-server on a free loopback port (installed from Debian if missing)."""
+    if not shutil.which("redis-server"):
+        log("redis-server not found: installing it from Debian")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "redis-server"])
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def queue_length(queue, data_dir):
+    out = subprocess.run([str(FNHOST_BIN), "queue", "stats", "--data-dir", data_dir, queue],
+                         capture_output=True, text=True, env=clean_env(), check=True).stdout
+    return json.loads(out)["length"]
+
+
+def scenario_queue(kind, d, backend):
+    """Messages/s of the trivial queue_worker handler draining a preloaded backlog,
+    timed from the first message handled to the queue being empty."""
+    count = d["queue_messages"]
+    data_dir = tempfile.mkdtemp(prefix="fnhost-queue-bench-")
+    redis = None
+    server = None
+    try:
+        if backend == "redis":
+            redis, redis_port = start_redis()
+            queue = f"redis://127.0.0.1:{redis_port}/bench"
+        else:
+            queue = "bench"
+        backlog = Path(data_dir) / "backlog.txt"
+        backlog.write_text("".join(f"m{i}\n" for i in range(count)))
+        subprocess.run([str(FNHOST_BIN), "queue", "send", "--data-dir", data_dir, queue,
+                        f"@{backlog}", "--lines"], stdout=subprocess.DEVNULL, env=clean_env(),
+                       check=True)
+        port = free_port()
+        server = Server(kind.name, kind._start("queue_worker", port,
+                                               {"queue": queue, "data_dir": data_dir}), port)
+        deadline = time.monotonic() + 600
+        first = None
+        while time.monotonic() < deadline:
+            left = queue_length(queue, data_dir)
+            now = time.monotonic()
+            if first is None and left < count:
+                first = (now, left)
+            if left == 0:
+                break
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{kind.name} exited: {' | '.join(server.stderr_lines[-5:])}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the queue did not drain within 600 s")
+        started, left_then = first
+        elapsed = max(time.monotonic() - started, 1e-3)
+        return {"messages_per_s": left_then / elapsed, "messages": count}
+    finally:
+        if server:
+            server.stop()
+        if redis:
+            redis.kill()
+            redis.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 SCENARIOS = {
     "hello-pinned": lambda kind, d: scenario_hello(kind, d, pinned=True),
     "hello": lambda kind, d: scenario_hello(kind, d, pinned=False),
@@ -434,6 +516,8 @@ SCENARIOS = {
     "sync-lane": scenario_sync_lane,
     "cold-start-cold-cache": lambda kind, d: scenario_cold_start(kind, d, warm=False),
     "cold-start-warm-cache": lambda kind, d: scenario_cold_start(kind, d, warm=True),
+    "queue-embedded": lambda kind, d: scenario_queue(kind, d, "embedded"),
+    "queue-redis": lambda kind, d: scenario_queue(kind, d, "redis"),
 }
 
 DESCRIPTIONS = {
@@ -449,6 +533,9 @@ DESCRIPTIONS = {
                  f"{SYNC_THREADS * 1000 / SYNC_WAIT_MS:.0f} req/s",
     "cold-start-cold-cache": "process start to first 200, empty compile cache (median of starts)",
     "cold-start-warm-cache": "process start to first 200, warm compile cache (median of starts)",
+    "queue-embedded": "queue_worker (prints one line per message) draining a preloaded backlog "
+                      "from the embedded SQLite queue, default batch settings",
+    "queue-redis": "queue_worker draining a preloaded backlog from a local Redis stream",
 }
 
 
@@ -493,7 +580,13 @@ def markdown(summary, environment, args):
         one_worker = by_server.get("fnhost", {})
         wasmtime_best = max((by_server.get(k, {}) for k in ("wasmtime-default", "wasmtime-tuned")),
                             key=lambda r: r.get("rps") or 0, default={})
-        if scenario.startswith("cold-start"):
+        if scenario.startswith("queue"):
+            lines += ["| server | messages/s | messages | × 1 worker |", "|---|---|---|---|"]
+            for server, r in by_server.items():
+                lines.append(f"| {server} | {fmt(r.get('messages_per_s'))} | "
+                             f"{fmt(r.get('messages'))} | "
+                             f"{ratio(r.get('messages_per_s'), one_worker.get('messages_per_s'))} |")
+        elif scenario.startswith("cold-start"):
             lines += ["| server | start → first 200 (ms, median) |", "|---|---|"]
             for server, r in by_server.items():
                 lines.append(f"| {server} | {fmt(r.get('start_ms'), 1)} |")
@@ -595,7 +688,10 @@ def main():
         if unknown_servers:
             parser.error(f"unknown server(s): {', '.join(unknown_servers)}")
         kinds = [k for k in kinds if k.name in chosen]
-    depth = {"load_s": args.duration, "cold_runs": 2 if args.quick else 5}
+    depth = {"load_s": args.duration, "cold_runs": 2 if args.quick else 5,
+             "queue_messages": 1_000 if args.quick else QUEUE_MESSAGES}
+    global FNHOST_BIN
+    FNHOST_BIN = fnhost
 
     raw = {s: {k.name: [] for k in kinds if k.runs(s)} for s in scenarios}
     for round_number in range(1, args.rounds + 1):
