@@ -31,8 +31,11 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimit
 
 /// The protocol version; bumped whenever a message changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest frame on the wire, in bytes.
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame on the wire, in bytes: room for a queue message of
+/// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
+/// headers, with plenty to spare. A message that does not fit cannot be
+/// sent; the writer then stops and the link is treated as lost.
+pub const MAX_FRAME: usize = 16 << 20;
 /// Largest body chunk in one frame, in bytes (leaves room for the envelope).
 pub const MAX_CHUNK: usize = 256 << 10;
 /// Frames the writer coalesces into one write before flushing.

@@ -27,6 +27,13 @@ pub const CHANNEL_FD: RawFd = 3;
 /// How often a worker reports its statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a worker told to shut down waits for invocations still running.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+/// Longest failure detail sent to the supervisor (the log line's reason).
+const MAX_DETAIL_BYTES: usize = 4096;
+/// Largest response header section a guest may send (names plus values).
+const MAX_RESPONSE_HEADER_BYTES: usize = 256 << 10;
+
 /// Exit code of a worker that could not load the component.
 pub const EXIT_START_FAILED: u8 = 2;
 /// Exit code of a worker whose channel carried something it cannot read.
@@ -114,6 +121,10 @@ struct RunningInvocation {
 }
 
 impl Running {
+    fn len(&self) -> usize {
+        self.invocations.lock().expect("running map").len()
+    }
+
     fn feed(&self, id: u64, item: Result<Bytes, BodyError>) {
         let invocations = self.invocations.lock().expect("running map");
         if let Some(body) = invocations.get(&id).and_then(|r| r.body.as_ref()) {
@@ -179,7 +190,7 @@ async fn serve(
         lane: host.summary().lane,
     })));
     let stats = to_supervisor.clone();
-    tokio::spawn(async move {
+    let stats_task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(STATS_INTERVAL);
         loop {
             ticker.tick().await;
@@ -192,8 +203,19 @@ async fn serve(
 
     let dispatch = host.dispatch();
     let running = Arc::new(Running::default());
+    let queue_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writer = writer;
     loop {
-        let message = match ipc::next_message(&mut reader).await {
+        let next = tokio::select! {
+            next = ipc::next_message(&mut reader) => next,
+            _ = &mut writer => {
+                // A message that could not be encoded (or a dead socket):
+                // the supervisor would wait for answers that never come.
+                tracing::error!("worker {}: cannot write to the supervisor; exiting", init.slot);
+                return Ok(ExitCode::from(EXIT_PROTOCOL));
+            }
+        };
+        let message = match next {
             Ok(Some(message)) => message,
             // The supervisor is gone; nobody is waiting for our answers.
             Ok(None) => return Ok(ExitCode::SUCCESS),
@@ -257,13 +279,30 @@ async fn serve(
                     message,
                 });
                 let to_supervisor = to_supervisor.clone();
+                let queue_calls = queue_calls.clone();
+                queue_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let failure = call.await.err().map(|e| (e.kind, e.detail));
+                    let failure = call.await.err().map(|e| (e.kind, short(e.detail)));
                     let _ = to_supervisor.send(ToSupervisor::QueueDone { id, failure });
+                    queue_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
             }
             ToWorker::Shutdown => {
                 tracing::info!("worker {}: shutting down", init.slot);
+                // The supervisor drained first; whatever still runs gets a
+                // moment, and every answer is flushed before the exit.
+                let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+                while (running.len() > 0
+                    || queue_calls.load(std::sync::atomic::Ordering::Relaxed) > 0)
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                stats_task.abort();
+                let _ = stats_task.await;
+                drop(to_supervisor);
+                drop(running);
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
                 return Ok(ExitCode::SUCCESS);
             }
             ToWorker::Init(_) => {
@@ -319,12 +358,28 @@ async fn invoke(
             let _ = to_supervisor.send(ToSupervisor::Failed {
                 id,
                 kind: error.kind,
-                detail: error.detail,
+                detail: short(error.detail),
             });
             return;
         }
     };
     let (parts, mut body) = response.into_parts();
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_RESPONSE_HEADER_BYTES {
+        running.finish(id);
+        let _ = to_supervisor.send(ToSupervisor::Failed {
+            id,
+            kind: crate::FailureKind::Trap,
+            detail: format!(
+                "the guest's response headers exceed {MAX_RESPONSE_HEADER_BYTES} bytes"
+            ),
+        });
+        return;
+    }
     let body_length = body.size_hint().exact();
     // Most responses are complete by the time the head is: send what is
     // ready with the head, in one message.
@@ -363,7 +418,10 @@ async fn invoke(
         let _ = to_supervisor.send(ToSupervisor::ResponseBody { id, chunk });
     }
     if let Some(detail) = failed {
-        let _ = to_supervisor.send(ToSupervisor::ResponseAbort { id, detail });
+        let _ = to_supervisor.send(ToSupervisor::ResponseAbort {
+            id,
+            detail: short(detail),
+        });
     } else if body_complete {
         if !rest.is_empty() {
             let _ = to_supervisor.send(ToSupervisor::ResponseEnd { id });
@@ -392,7 +450,7 @@ async fn stream_body(
             Some(Err(error)) => {
                 let _ = to_supervisor.send(ToSupervisor::ResponseAbort {
                     id,
-                    detail: error.to_string(),
+                    detail: short(error.to_string()),
                 });
                 return;
             }
@@ -402,6 +460,19 @@ async fn stream_body(
             }
         }
     }
+}
+
+/// `detail` cut to [`MAX_DETAIL_BYTES`] (a guest's error text can be long).
+fn short(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL_BYTES {
+        let mut cut = MAX_DETAIL_BYTES;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+        detail.push('…');
+    }
+    detail
 }
 
 fn build_request(

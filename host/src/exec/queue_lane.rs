@@ -19,14 +19,8 @@ use super::{ExecSettings, classify, new_state};
 use crate::config::Origin;
 use crate::invocation::{FailureKind, InvocationError, QueueInvocation, QueueMessage, QueueResult};
 use std::sync::Arc;
-use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
-
-/// How long past the deadline the caller waits for a blocking call before
-/// it reports a timeout itself (the guest traps within one epoch tick
-/// unless it is blocked in a host call).
-const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
 /// Host bindings of wit/queue.wit.
 mod bindings {
@@ -86,7 +80,7 @@ impl QueueRunner {
     /// Runs one delivery to completion.
     pub async fn run(self: Arc<Self>, invocation: QueueInvocation) -> QueueResult {
         let timeout = self.settings.limits.timeout;
-        let timed_out = || {
+        let timed_out = move || {
             InvocationError::new(
                 FailureKind::Timeout,
                 format!("ran past its {} ms timeout", timeout.as_millis()),
@@ -94,30 +88,37 @@ impl QueueRunner {
         };
         match &self.pre {
             Pre::Async(_) => {
+                // The timeout lives inside the task: at the deadline the
+                // guest's future is dropped, so it cannot go on running
+                // beside a redelivery of the same message.
                 let runner = self.clone();
-                let task = tokio::spawn(async move { runner.run_async(invocation).await });
-                match tokio::time::timeout(timeout, task).await {
-                    Ok(joined) => joined.unwrap_or_else(|e| {
-                        Err(InvocationError::new(
-                            FailureKind::Trap,
-                            format!("the call failed: {e}"),
-                        ))
-                    }),
-                    Err(_) => Err(timed_out()),
-                }
+                let task = tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, runner.run_async(invocation)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(timed_out()),
+                    }
+                });
+                task.await.unwrap_or_else(|e| {
+                    Err(InvocationError::new(
+                        FailureKind::Trap,
+                        format!("the call failed: {e}"),
+                    ))
+                })
             }
             Pre::Sync(_) => {
+                // A blocking call cannot be cancelled; its epoch deadline
+                // traps it at `--timeout`. The answer waits for the call to
+                // return, so the message is never released while it runs;
+                // a call stuck in a host call past the deadline is ended by
+                // the supervisor recycling the worker.
                 let runner = self.clone();
                 let task = tokio::task::spawn_blocking(move || runner.run_sync(invocation));
-                match tokio::time::timeout(timeout + DEADLINE_SLACK, task).await {
-                    Ok(joined) => joined.unwrap_or_else(|e| {
-                        Err(InvocationError::new(
-                            FailureKind::Trap,
-                            format!("the call failed: {e}"),
-                        ))
-                    }),
-                    Err(_) => Err(timed_out()),
-                }
+                task.await.unwrap_or_else(|e| {
+                    Err(InvocationError::new(
+                        FailureKind::Trap,
+                        format!("the call failed: {e}"),
+                    ))
+                })
             }
         }
     }

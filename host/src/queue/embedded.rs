@@ -229,6 +229,21 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Makes a message visible again at once without counting the delivery
+    /// (it never reached a handler: no worker had room).
+    pub async fn release_uncounted(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let (seq, lease) = parse_receipt(&delivery.receipt)?;
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE messages SET visible_at = ?3, dequeue_count = MAX(dequeue_count - 1, 0)
+                 WHERE seq = ?1 AND lease = ?2",
+                params![seq, lease, now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Keeps a message hidden for another `visibility` (a long handler).
     pub async fn renew(&self, delivery: &Delivery, visibility: Duration) -> Result<(), QueueError> {
         let (seq, lease) = parse_receipt(&delivery.receipt)?;

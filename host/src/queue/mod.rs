@@ -21,6 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_DATA_DIR: &str = ".fnhost";
 /// Suffix of the poison queue's name.
 pub const POISON_SUFFIX: &str = "-poison";
+/// Largest message body, in bytes (Azure Storage queues allow 64 KiB,
+/// SQS 256 KiB). Larger ones are refused on send; one that arrives through
+/// Redis from another producer goes straight to the poison queue.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,9 @@ pub enum QueueError {
     /// A queue name or URL is not valid.
     #[error("{0}")]
     Name(String),
+    /// A message body over [`MAX_MESSAGE_BYTES`].
+    #[error("a message may have at most {MAX_MESSAGE_BYTES} bytes; this one has {0}")]
+    TooLarge(usize),
     /// The store failed an operation.
     #[error("{0}")]
     Backend(String),
@@ -188,6 +195,9 @@ impl Queue {
         body: Bytes,
         attributes: Vec<(String, String)>,
     ) -> Result<String, QueueError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(QueueError::TooLarge(body.len()));
+        }
         match self {
             Self::Embedded { store, name } => {
                 store.send(name, new_message_id(), body, attributes).await
@@ -199,6 +209,9 @@ impl Queue {
     /// Adds several messages at once (one transaction or round trip);
     /// returns their ids.
     pub async fn send_batch(&self, bodies: Vec<Bytes>) -> Result<Vec<String>, QueueError> {
+        if let Some(big) = bodies.iter().find(|b| b.len() > MAX_MESSAGE_BYTES) {
+            return Err(QueueError::TooLarge(big.len()));
+        }
         match self {
             Self::Embedded { store, name } => {
                 let messages: Vec<(String, Bytes)> =
@@ -244,6 +257,15 @@ impl Queue {
         match self {
             Self::Embedded { store, .. } => store.abandon(delivery, reason).await,
             Self::Redis(queue) => queue.abandon(delivery).await,
+        }
+    }
+
+    /// Releases a message that never reached a handler, without counting
+    /// the delivery toward the poison rule.
+    pub async fn release_uncounted(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        match self {
+            Self::Embedded { store, .. } => store.release_uncounted(delivery).await,
+            Self::Redis(queue) => queue.release_uncounted(delivery).await,
         }
     }
 

@@ -15,6 +15,10 @@
 //! - `renew` resets the idle time (`XCLAIM … JUSTID`).
 //! - `poison` copies the entry to `<stream>-poison` with its attempt count
 //!   and the last error, then acknowledges and deletes it.
+//! - Each of those four runs in one Lua script that first checks, with
+//!   `XPENDING`, that this consumer still owns the entry: a host whose
+//!   visibility lapsed (and whose message another host claimed) cannot
+//!   acknowledge, renew, release or poison the other host's delivery.
 //!
 //! An entry's fields: `body` (bytes), `enqueued_at` (ms), and `attr:<key>`
 //! for each attribute. The message id is the entry id.
@@ -38,7 +42,36 @@ pub struct RedisQueue {
     stream: String,
     consumer: String,
     url: String,
+    /// Where the next `XAUTOCLAIM` scan resumes (Redis returns it), so
+    /// stale entries deep in the pending list are reached too.
+    claim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
 }
+
+/// Acts on an entry only if this consumer still owns it (Redis hands a
+/// stale entry to another consumer once its idle time passes the
+/// visibility timeout; the former owner must then neither acknowledge,
+/// renew, release nor poison it). KEYS[1] = stream; ARGV = group, id,
+/// consumer, action, then the action's arguments.
+const OWNED_ACTION: &str = r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
+local action = ARGV[4]
+if action == 'ack' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+elseif action == 'renew' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+elseif action == 'release' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'RETRYCOUNT', ARGV[6], 'JUSTID')
+elseif action == 'poison' then
+  local fields = {}
+  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', ARGV[5], '*', unpack(fields))
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return 1
+";
 
 fn backend(error: redis::RedisError) -> QueueError {
     QueueError::Backend(format!("redis: {error}"))
@@ -65,6 +98,7 @@ impl RedisQueue {
             stream: stream.to_string(),
             consumer: format!("{host}-{}", std::process::id()),
             url: url.to_string(),
+            claim_cursor: std::sync::Arc::new(std::sync::Mutex::new("0-0".to_string())),
         };
         queue
             .ensure_group()
@@ -98,6 +132,7 @@ impl RedisQueue {
     pub fn sibling(&self, stream: &str) -> Self {
         Self {
             stream: stream.to_string(),
+            claim_cursor: std::sync::Arc::new(std::sync::Mutex::new("0-0".to_string())),
             ..self.clone()
         }
     }
@@ -155,19 +190,25 @@ impl RedisQueue {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut connection = self.connection.clone();
+        let cursor = self.claim_cursor.lock().expect("claim cursor").clone();
         let claimed: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(visibility.as_millis() as u64)
-            .arg("0-0")
+            .arg(&cursor)
             .arg("COUNT")
             .arg(max)
             .query_async(&mut connection)
             .await
             .map_err(backend)?;
         let mut entries = match &claimed {
-            Value::Array(parts) if parts.len() >= 2 => parse_entries(&parts[1]),
+            Value::Array(parts) if parts.len() >= 2 => {
+                if let Some(next) = as_string(&parts[0]) {
+                    *self.claim_cursor.lock().expect("claim cursor") = next;
+                }
+                parse_entries(&parts[1])
+            }
             _ => Vec::new(),
         };
         let claimed_count = entries.len();
@@ -232,53 +273,67 @@ impl RedisQueue {
         })
     }
 
-    /// Acknowledges and deletes an entry.
-    pub async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        redis::pipe()
-            .cmd("XACK")
-            .arg(&self.stream)
+    /// Runs [`OWNED_ACTION`]; returns whether this consumer still owned the entry.
+    async fn owned(
+        &self,
+        delivery: &Delivery,
+        action: &str,
+        extra: &[Vec<u8>],
+    ) -> Result<bool, QueueError> {
+        let script = redis::Script::new(OWNED_ACTION);
+        let mut invocation = script.key(&self.stream);
+        invocation
             .arg(GROUP)
             .arg(&delivery.receipt)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(&delivery.receipt)
-            .ignore()
-            .query_async::<()>(&mut self.connection.clone())
+            .arg(&self.consumer)
+            .arg(action);
+        for value in extra {
+            invocation.arg(&value[..]);
+        }
+        let owned: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        if owned == 0 {
+            tracing::warn!(
+                "message {}: another consumer holds it now (its visibility lapsed); not touching it",
+                delivery.message.id
+            );
+        }
+        Ok(owned == 1)
+    }
+
+    /// Acknowledges and deletes an entry.
+    pub async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.owned(delivery, "ack", &[]).await.map(|_| ())
     }
 
     /// Makes an entry claimable by the next receive, without counting a delivery.
     pub async fn abandon(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        redis::cmd("XCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(&delivery.receipt)
-            .arg("IDLE")
-            .arg(ABANDONED_IDLE_MS)
-            .arg("JUSTID")
-            .query_async::<Value>(&mut self.connection.clone())
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        let count = delivery.message.dequeue_count;
+        self.release(delivery, count).await
+    }
+
+    /// Like [`Self::abandon`], and takes back the delivery count the fetch
+    /// added (the message never reached a handler).
+    pub async fn release_uncounted(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let count = delivery.message.dequeue_count.saturating_sub(1);
+        self.release(delivery, count).await
+    }
+
+    /// Sets the entry's idle time past any visibility timeout and its
+    /// delivery count to `count`.
+    async fn release(&self, delivery: &Delivery, count: u32) -> Result<(), QueueError> {
+        let extra = [
+            ABANDONED_IDLE_MS.to_string().into_bytes(),
+            count.to_string().into_bytes(),
+        ];
+        self.owned(delivery, "release", &extra).await.map(|_| ())
     }
 
     /// Resets an entry's idle time, keeping it from being claimed.
     pub async fn renew(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        redis::cmd("XCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(&delivery.receipt)
-            .arg("JUSTID")
-            .query_async::<Value>(&mut self.connection.clone())
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        self.owned(delivery, "renew", &[]).await.map(|_| ())
     }
 
     /// Copies an entry to `poison_stream` and removes it from this one.
@@ -289,26 +344,23 @@ impl RedisQueue {
         reason: &str,
     ) -> Result<(), QueueError> {
         let message = &delivery.message;
-        let mut add = redis::cmd("XADD");
-        add.arg(poison_stream)
-            .arg("*")
-            .arg("body")
-            .arg(&message.body[..])
-            .arg("enqueued_at")
-            .arg(message.enqueued_at_ms)
-            .arg("original_id")
-            .arg(&message.id)
-            .arg("dequeue_count")
-            .arg(message.dequeue_count)
-            .arg("last_error")
-            .arg(reason);
+        let mut extra: Vec<Vec<u8>> = vec![poison_stream.as_bytes().to_vec()];
+        let mut field = |key: &str, value: &[u8]| {
+            extra.push(key.as_bytes().to_vec());
+            extra.push(value.to_vec());
+        };
+        field("body", &message.body);
+        field("enqueued_at", message.enqueued_at_ms.to_string().as_bytes());
+        field("original_id", message.id.as_bytes());
+        field(
+            "dequeue_count",
+            message.dequeue_count.to_string().as_bytes(),
+        );
+        field("last_error", reason.as_bytes());
         for (key, value) in &message.attributes {
-            add.arg(format!("attr:{key}")).arg(value);
+            field(&format!("attr:{key}"), value.as_bytes());
         }
-        add.query_async::<String>(&mut self.connection.clone())
-            .await
-            .map_err(backend)?;
-        self.complete(delivery).await
+        self.owned(delivery, "poison", &extra).await.map(|_| ())
     }
 
     /// Entries in the stream, pending ones, the oldest's age, and the

@@ -197,7 +197,7 @@ enum WorkerEnd {
 
 /// Something the start-up phase waits for.
 enum StartupEvent {
-    Ready,
+    Ready(usize),
     StartFailed(String),
 }
 
@@ -215,7 +215,7 @@ pub struct Supervisor {
     function: Arc<str>,
     serving: AtomicBool,
     stopping: AtomicBool,
-    stop: Notify,
+    stop: watch::Sender<bool>,
     draining: AtomicBool,
     drain: Notify,
     unhealthy: watch::Sender<Option<String>>,
@@ -260,7 +260,7 @@ impl Supervisor {
             function,
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            stop: Notify::new(),
+            stop: watch::channel(false).0,
             draining: AtomicBool::new(false),
             drain: Notify::new(),
             unhealthy: watch::channel(None).0,
@@ -274,11 +274,13 @@ impl Supervisor {
 
         // Start-up: the first MIN workers ready, or a load error, or the breaker.
         let mut unhealthy = supervisor.unhealthy.subscribe();
-        let mut ready = 0;
-        while ready < workers.min {
+        let mut ready = std::collections::HashSet::new();
+        while ready.len() < workers.min {
             tokio::select! {
                 event = startup.recv() => match event {
-                    Some(StartupEvent::Ready) => ready += 1,
+                    Some(StartupEvent::Ready(slot)) => {
+                        ready.insert(slot);
+                    }
                     Some(StartupEvent::StartFailed(message)) => {
                         supervisor.stop_workers().await;
                         anyhow::bail!("{message}");
@@ -382,7 +384,9 @@ impl Supervisor {
         let slot = Arc::new(Slot::new(self.next_slot.fetch_add(1, Ordering::Relaxed)));
         self.slots.lock().expect("slots").push(slot.clone());
         let task = tokio::spawn(self.clone().watch_slot(slot));
-        self.slot_tasks.lock().expect("slot tasks").push(task);
+        let mut tasks = self.slot_tasks.lock().expect("slot tasks");
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(task);
     }
 
     /// Slots not retiring or stopped.
@@ -484,10 +488,10 @@ impl Supervisor {
     }
 
     /// Asks every worker to stop and waits for the slots to finish, up to
-    /// [`WORKER_STOP_TIMEOUT`]; what is left is killed as the tasks drop.
+    /// [`WORKER_STOP_TIMEOUT`]; then kills what is left.
     async fn stop_workers(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        self.stop.notify_waiters();
+        self.stop.send_replace(true);
         for link in self.pool.links() {
             link.shutdown();
         }
@@ -499,6 +503,13 @@ impl Supervisor {
         {
             tracing::warn!("workers did not stop within {WORKER_STOP_TIMEOUT:?}; killing them");
         }
+    }
+
+    /// Resolves once the host is stopping (never missed: a watch, not a
+    /// notification).
+    async fn stopped(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|stopping| *stopping).await;
     }
 
     /// The queue the trigger is bound to, if any.
@@ -576,7 +587,7 @@ impl Supervisor {
             let mut first_ready = self.first_ready.subscribe();
             tokio::select! {
                 _ = first_ready.wait_for(|ready| *ready) => {}
-                () = self.stop.notified() => {}
+                () = self.stopped() => {}
             }
         }
         let mut backoff = Backoff::default();
@@ -605,7 +616,7 @@ impl Supervisor {
                 tracing::info!("worker {}: restarting in {} ms", slot.id, delay.as_millis());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = self.stop.notified() => break,
+                    () = self.stopped() => break,
                     () = slot.retire.notified() => break,
                 }
             }
@@ -669,7 +680,7 @@ impl Supervisor {
         self.set_phase(slot_state, SlotPhase::Starting, Some(pid));
         tracing::debug!("worker {slot} started (pid {pid})");
         let (read_half, write_half) = channel.into_split();
-        let (to_worker, _writer) = ipc::spawn_writer::<_, ToWorker>(write_half);
+        let (to_worker, mut writer_task) = ipc::spawn_writer::<_, ToWorker>(write_half);
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
         let workers = self.active_slots().len().max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -685,7 +696,7 @@ impl Supervisor {
 
         let first = tokio::select! {
             first = tokio::time::timeout(WORKER_START_TIMEOUT, ipc::next_message(&mut reader)) => first,
-            () = self.stop.notified() => {
+            () = self.stopped() => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return WorkerEnd::Stopped;
@@ -732,14 +743,27 @@ impl Supervisor {
             started.elapsed().as_millis()
         );
         self.first_ready.send_replace(true);
-        let _ = self.startup.send(StartupEvent::Ready);
+        if !self.serving.load(Ordering::Relaxed) {
+            let _ = self.startup.send(StartupEvent::Ready(slot));
+        }
 
+        // The reader runs as its own task, so it keeps turning replies into
+        // responses while a retiring worker finishes its in-flight work.
+        let mut reader_task = {
+            let link = link.clone();
+            tokio::spawn(async move { link.read_loop(reader).await })
+        };
         let reason = tokio::select! {
-            status = child.wait() => match status {
-                Ok(status) => format!("exited ({status})"),
-                Err(error) => format!("cannot be waited for: {error}"),
-            },
-            reason = link.read_loop(reader) => {
+            status = child.wait() => {
+                // Take what the worker sent before it exited.
+                let _ = tokio::time::timeout(EXIT_STATUS_WAIT, &mut reader_task).await;
+                match status {
+                    Ok(status) => format!("exited ({status})"),
+                    Err(error) => format!("cannot be waited for: {error}"),
+                }
+            }
+            reason = &mut reader_task => {
+                let reason = reason.unwrap_or_else(|e| format!("the channel reader failed: {e}"));
                 if reason.starts_with("protocol error") {
                     tracing::error!("worker {slot} (pid {pid}): {reason}; recycling it");
                     let _ = child.start_kill();
@@ -751,11 +775,20 @@ impl Supervisor {
                 let _ = child.wait().await;
                 "recycled".to_string()
             }
+            _ = &mut writer_task => {
+                // The socket failed or a message could not be encoded: the
+                // worker would never see what is pending on it.
+                tracing::error!("worker {slot} (pid {pid}): cannot write to it; recycling it");
+                let _ = child.start_kill();
+                format!("channel write failed ({})", exit_status(&mut child).await)
+            }
             () = slot_state.retire.notified() => {
                 self.retire(slot_state, &link, &mut child).await;
+                let _ = tokio::time::timeout(EXIT_STATUS_WAIT, &mut reader_task).await;
                 "retired".to_string()
             }
         };
+        reader_task.abort();
         self.pool.remove(slot);
         self.metrics.workers.dec();
         link.lose();

@@ -1,6 +1,6 @@
 //! The workers as one [`Dispatch`]: each invocation goes to the ready worker
-//! with the fewest in flight (ties taken in turn), over that worker's
-//! channel; its response streams back the same way.
+//! with the fewest in flight (ties to the one sent the fewest), over that
+//! worker's channel; its response streams back the same way.
 //!
 //! A [`WorkerLink`] is one live worker process's side of the channel: the
 //! invocations pending on it, its counters, and the reader that turns the
@@ -31,6 +31,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// enforces the timeout itself; overrunning it this far means the worker is
 /// stuck (stopped, deadlocked, or blocked in a host call).
 pub const OVERRUN_GRACE: Duration = Duration::from_secs(2);
+/// How long an overrun waits for the stuck worker to be killed.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Counters of one worker slot, kept across its restarts.
 #[derive(Debug, Default)]
@@ -71,11 +73,13 @@ pub struct WorkerLink {
     pending: Mutex<HashMap<u64, Pending>>,
     queue_pending: Mutex<HashMap<u64, PendingQueue>>,
     in_flight: AtomicUsize,
+    dispatched: AtomicU64,
     instances: AtomicU64,
     counters: Arc<SlotCounters>,
     metrics: Arc<Metrics>,
     function: Arc<str>,
     lost: AtomicBool,
+    gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
     recycle: Notify,
 }
@@ -102,11 +106,13 @@ impl WorkerLink {
             pending: Mutex::new(HashMap::new()),
             queue_pending: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            dispatched: AtomicU64::new(0),
             instances: AtomicU64::new(0),
             counters,
             metrics,
             function,
             lost: AtomicBool::new(false),
+            gone: tokio::sync::watch::channel(false).0,
             overran: AtomicBool::new(false),
             recycle: Notify::new(),
         }
@@ -243,12 +249,18 @@ impl WorkerLink {
         Ok(())
     }
 
-    /// Registers an invocation before its head is sent.
-    fn register(&self, id: u64) -> oneshot::Receiver<HeadResult> {
+    /// Registers an invocation before its head is sent; `None` if the
+    /// worker is already lost (checked under the lock [`Self::lose`] takes,
+    /// so no registration slips in after the pending map was failed).
+    fn register(&self, id: u64) -> Option<oneshot::Receiver<HeadResult>> {
         let (head, receiver) = oneshot::channel();
+        let mut pending = self.pending.lock().expect("pending map");
+        if self.is_lost() {
+            return None;
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
-        self.pending.lock().expect("pending map").insert(
+        pending.insert(
             id,
             Pending {
                 head: Some(head),
@@ -256,25 +268,33 @@ impl WorkerLink {
                 started: Instant::now(),
             },
         );
-        receiver
+        Some(receiver)
     }
 
-    /// Registers a queue invocation before it is sent.
-    fn register_queue(&self, id: u64) -> oneshot::Receiver<QueueResult> {
+    /// Registers a queue invocation before it is sent; `None` if the worker
+    /// is already lost.
+    fn register_queue(&self, id: u64) -> Option<oneshot::Receiver<QueueResult>> {
         let (reply, receiver) = oneshot::channel();
+        let mut pending = self.queue_pending.lock().expect("queue pending map");
+        if self.is_lost() {
+            return None;
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
-        self.queue_pending
-            .lock()
-            .expect("queue pending map")
-            .insert(
-                id,
-                PendingQueue {
-                    reply,
-                    started: Instant::now(),
-                },
-            );
-        receiver
+        pending.insert(
+            id,
+            PendingQueue {
+                reply,
+                started: Instant::now(),
+            },
+        );
+        Some(receiver)
+    }
+
+    /// Resolves once the worker is gone (its link lost), or after `limit`.
+    pub async fn wait_gone(&self, limit: Duration) {
+        let mut gone = self.gone.subscribe();
+        let _ = tokio::time::timeout(limit, gone.wait_for(|gone| *gone)).await;
     }
 
     /// Removes a pending queue invocation, keeping the in-flight counts right.
@@ -343,10 +363,12 @@ impl WorkerLink {
 
     /// The worker is gone: fail everything pending on it with `worker-lost`.
     pub fn lose(&self) {
-        self.lost.store(true, Ordering::Relaxed);
         self.lose_queue();
-        let drained: Vec<(u64, Pending)> =
-            self.pending.lock().expect("pending map").drain().collect();
+        let drained: Vec<(u64, Pending)> = {
+            let mut pending = self.pending.lock().expect("pending map");
+            self.lost.store(true, Ordering::Relaxed);
+            pending.drain().collect()
+        };
         for (id, mut entry) in drained {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.metrics.in_flight.dec();
@@ -359,15 +381,15 @@ impl WorkerLink {
                 let _ = body.send(Err(BodyError::Transport(detail)));
             }
         }
+        self.gone.send_replace(true);
     }
 
     fn lose_queue(&self) {
-        let drained: Vec<(u64, PendingQueue)> = self
-            .queue_pending
-            .lock()
-            .expect("queue pending map")
-            .drain()
-            .collect();
+        let drained: Vec<(u64, PendingQueue)> = {
+            let mut pending = self.queue_pending.lock().expect("queue pending map");
+            self.lost.store(true, Ordering::Relaxed);
+            pending.drain().collect()
+        };
         for (_, entry) in drained {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.metrics.in_flight.dec();
@@ -403,7 +425,6 @@ impl Drop for CancelOnDrop {
 /// The ready workers, as a [`Dispatch`].
 pub struct WorkerPool {
     links: RwLock<Vec<Arc<WorkerLink>>>,
-    turn: AtomicUsize,
     deadline: Duration,
 }
 
@@ -413,15 +434,22 @@ impl WorkerPool {
     pub fn new(timeout: Duration) -> Self {
         Self {
             links: RwLock::new(Vec::new()),
-            turn: AtomicUsize::new(0),
             deadline: timeout + OVERRUN_GRACE,
         }
     }
 
-    /// Adds a ready worker.
+    /// Adds a ready worker. Its dispatch count starts at the lowest of the
+    /// others, so a new or replacement worker shares ties fairly instead
+    /// of taking every request until it has caught up.
     pub fn install(&self, link: Arc<WorkerLink>) {
         let mut links = self.links.write().expect("pool");
         links.retain(|existing| existing.slot != link.slot);
+        let floor = links
+            .iter()
+            .map(|l| l.dispatched.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        link.dispatched.store(floor, Ordering::Relaxed);
         links.push(link);
     }
 
@@ -458,26 +486,17 @@ impl WorkerPool {
             .sum()
     }
 
-    /// The ready worker with the fewest invocations in flight; among equals,
-    /// the next in turn, so uniform load spreads evenly.
+    /// The ready worker with the fewest invocations in flight; among
+    /// equals, the one sent the fewest so far, so uniform load spreads
+    /// evenly even when one worker answers a little faster.
     fn pick(&self) -> Option<Arc<WorkerLink>> {
         let links = self.links.read().expect("pool");
-        let count = links.len();
-        if count == 0 {
-            return None;
-        }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
-        let mut best: Option<&Arc<WorkerLink>> = None;
-        for offset in 0..count {
-            let link = &links[(start + offset) % count];
-            if link.is_lost() {
-                continue;
-            }
-            if best.is_none_or(|b| link.in_flight() < b.in_flight()) {
-                best = Some(link);
-            }
-        }
-        best.cloned()
+        let best = links
+            .iter()
+            .filter(|link| !link.is_lost())
+            .min_by_key(|link| (link.in_flight(), link.dispatched.load(Ordering::Relaxed)))?;
+        best.dispatched.fetch_add(1, Ordering::Relaxed);
+        Some(best.clone())
     }
 }
 
@@ -497,7 +516,15 @@ async fn run(
     let (parts, body) = invocation.request.into_parts();
     let body_empty = body.is_end_stream();
     let body_length = body.size_hint().exact();
-    let head = link.register(id);
+    let lost = || {
+        InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) is gone", link.slot, link.pid),
+        )
+    };
+    let Some(head) = link.register(id) else {
+        return Err(lost());
+    };
     let mut guard = CancelOnDrop {
         link: link.clone(),
         id,
@@ -514,10 +541,7 @@ async fn run(
     if sent.is_err() {
         guard.armed = false;
         link.take(id);
-        return Err(InvocationError::new(
-            FailureKind::WorkerLost,
-            format!("worker {} (pid {}) is gone", link.slot, link.pid),
-        ));
+        return Err(lost());
     }
     if !body_empty {
         tokio::spawn(send_request_body(link.clone(), id, body));
@@ -539,9 +563,12 @@ async fn run(
                 OVERRUN_GRACE.as_secs()
             );
             link.overrun(id);
+            // Answer only once the stuck worker is dead, so a retry (a
+            // queue message's redelivery) never runs beside it.
+            link.wait_gone(KILL_WAIT).await;
             Err(InvocationError::new(
                 FailureKind::Timeout,
-                "the worker overran the deadline and is being recycled",
+                "the worker overran the deadline and was recycled",
             ))
         }
     }
@@ -610,7 +637,12 @@ async fn run_queue(
         ));
     };
     let id = invocation.id.to_u64();
-    let reply = link.register_queue(id);
+    let Some(reply) = link.register_queue(id) else {
+        return Err(InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) is gone", link.slot, link.pid),
+        ));
+    };
     let sent = link.to_worker.send(ToWorker::InvokeQueue {
         id,
         message: invocation.message,
@@ -636,9 +668,12 @@ async fn run_queue(
                 OVERRUN_GRACE.as_secs()
             );
             link.overrun(id);
+            // Answer only once the stuck worker is dead, so a retry (a
+            // queue message's redelivery) never runs beside it.
+            link.wait_gone(KILL_WAIT).await;
             Err(InvocationError::new(
                 FailureKind::Timeout,
-                "the worker overran the deadline and is being recycled",
+                "the worker overran the deadline and was recycled",
             ))
         }
     }

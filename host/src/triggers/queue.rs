@@ -19,7 +19,7 @@
 //! but whose acknowledgement was lost (the host died in between) runs again.
 
 use crate::invocation::{Dispatch, FailureKind, InvocationId, QueueInvocation};
-use crate::queue::{Delivery, Queue};
+use crate::queue::{Delivery, MAX_MESSAGE_BYTES, Queue};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -128,9 +128,13 @@ impl QueueTrigger {
             let finished = self.finished.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
-            let workers = (self.workers)().max(1);
+            let workers = (self.workers)();
             let in_flight = self.in_flight();
-            let wait = if in_flight > self.settings.new_batch_threshold * workers {
+            let wait = if workers == 0 {
+                // No worker to run them (one is restarting): fetching now
+                // would only count deliveries that cannot happen.
+                Some(POLL_MIN)
+            } else if in_flight > self.settings.new_batch_threshold * workers {
                 // Enough running: wait for one to finish.
                 None
             } else {
@@ -189,6 +193,32 @@ impl QueueTrigger {
     fn start(&self, delivery: Delivery) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let queue = self.queue.clone();
+        if delivery.message.body.len() > MAX_MESSAGE_BYTES {
+            // Another producer (Redis) sent more than a worker may be given.
+            let (in_flight, finished, counters) = (
+                self.in_flight.clone(),
+                self.finished.clone(),
+                self.counters.clone(),
+            );
+            tokio::spawn(async move {
+                let reason = format!(
+                    "the body has {} bytes, more than {MAX_MESSAGE_BYTES}",
+                    delivery.message.body.len()
+                );
+                tracing::warn!(
+                    "message {}: {reason}; moving it to {}",
+                    delivery.message.id,
+                    queue.poison_name()
+                );
+                counters.poisoned.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = queue.poison(&delivery, &reason).await {
+                    tracing::warn!("message {}: {error}", delivery.message.id);
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                finished.notify_waiters();
+            });
+            return;
+        }
         let call = self.dispatch.dispatch_queue(QueueInvocation {
             id: InvocationId::next(),
             message: delivery.message.clone(),
@@ -231,6 +261,15 @@ async fn handle(
         Ok(()) => {
             counters.completed.fetch_add(1, Ordering::Relaxed);
             queue.complete(delivery).await
+        }
+        Err(error) if error.kind == FailureKind::Capacity => {
+            // It never reached a handler (no worker had room): not an attempt.
+            tracing::debug!(
+                "message {}: no capacity ({}); released",
+                message.id,
+                error.detail
+            );
+            queue.release_uncounted(delivery).await
         }
         Err(error) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
