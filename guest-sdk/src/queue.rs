@@ -85,6 +85,20 @@ macro_rules! queue_handler {
 /// Exports `handler` (an `async fn(Message) -> impl IntoQueueResult`) as the
 /// component's `fnhost:function/queue-handler`; it may await timers and
 /// outbound HTTP ([`crate::task`], [`crate::outbound::fetch`]).
+///
+/// ```no_run
+/// use fnhost_sdk::queue::Message;
+/// use std::time::Duration;
+///
+/// async fn handle(message: Message) -> Result<(), String> {
+///     fnhost_sdk::task::sleep(Duration::from_millis(10)).await;
+///     println!("{} after a pause", message.id);
+///     Ok(())
+/// }
+///
+/// fnhost_sdk::async_queue_handler!(handle);
+/// # fn main() {}
+/// ```
 #[macro_export]
 macro_rules! async_queue_handler {
     ($handler:path) => {
