@@ -171,6 +171,19 @@ pub struct QueueMessage {
     pub attributes: Vec<(String, String)>,
 }
 
+impl QueueMessage {
+    /// Bytes the message takes on the wire, about: body, id and attributes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self.id.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// One queue message on its way to a guest.
 #[derive(Clone, Debug)]
 pub struct QueueInvocation {

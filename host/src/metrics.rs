@@ -129,7 +129,7 @@ impl Default for Metrics {
             Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "queue_oldest_age_seconds",
-            "Age of the oldest message in the queue",
+            "Age of the oldest message waiting in the queue (not in flight)",
             queue_oldest_age.clone(),
         );
         let queue_in_flight = Family::<QueueLabels, Gauge>::default();

@@ -28,7 +28,7 @@ pub const CHANNEL_FD: RawFd = 3;
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a worker told to shut down waits for invocations still running.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// Longest failure detail sent to the supervisor (the log line's reason).
 const MAX_DETAIL_BYTES: usize = 4096;
 /// Largest response header section a guest may send (names plus values).

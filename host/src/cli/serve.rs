@@ -15,7 +15,8 @@ use fnhost::queue::{DEFAULT_DATA_DIR, QueueSpec};
 use fnhost::supervisor::process::WorkerLimits;
 use fnhost::supervisor::{QueueBinding, Supervisor, SupervisorConfig, WorkerCount};
 use fnhost::triggers::queue::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_DEQUEUE_COUNT, MAX_BATCH_SIZE, QueueSettings,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_DEQUEUE_COUNT, MAX_BATCH_SIZE, MIN_VISIBILITY_TIMEOUT,
+    QueueSettings,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,7 +134,7 @@ pub struct ServeCommand {
     new_batch_threshold: Option<u64>,
 
     /// How long a fetched message stays invisible to other consumers (renewed while its handler runs).
-    #[arg(long, env = "FNHOST_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "FNHOST_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = parse_visibility, value_name = "DUR")]
     visibility_timeout: Duration,
 
     /// Failed deliveries after which a message moves to <queue>-poison.
@@ -287,6 +288,19 @@ impl ServeCommand {
             Ok(ExitCode::SUCCESS)
         })
     }
+}
+
+/// Parses `--visibility-timeout`: a duration of at least
+/// [`MIN_VISIBILITY_TIMEOUT`].
+fn parse_visibility(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < MIN_VISIBILITY_TIMEOUT {
+        return Err(format!(
+            "`{text}` is shorter than {} s (a message could be fetched again while it runs)",
+            MIN_VISIBILITY_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(duration)
 }
 
 /// Parses `--queue`.

@@ -284,8 +284,11 @@ impl EmbeddedStore {
         let (queue, poison_queue) = (queue.to_string(), poison_queue.to_string());
         self.with(move |connection| {
             let now = now_ms() as i64;
+            // The oldest age is over waiting (visible) messages: one that
+            // is running long is not a backlog.
             let (length, in_flight, oldest): (i64, i64, Option<i64>) = connection.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(visible_at > ?2), 0), MIN(enqueued_at)
+                "SELECT COUNT(*), COALESCE(SUM(visible_at > ?2), 0),
+                        MIN(CASE WHEN visible_at <= ?2 THEN enqueued_at END)
                  FROM messages WHERE queue = ?1",
                 params![queue, now],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),

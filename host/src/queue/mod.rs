@@ -64,7 +64,7 @@ pub struct QueueStats {
     pub length: u64,
     /// Messages received and not yet completed or released.
     pub in_flight: u64,
-    /// Age of the oldest message, if any.
+    /// Age of the oldest message waiting to be handled (not in flight), if any.
     pub oldest_age: Option<Duration>,
     /// Messages in the poison queue.
     pub poison: u64,

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 /// The consumer group every fnhost host joins.
 pub const GROUP: &str = "fnhost";
+/// Longest wait for a Redis connection or answer.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time given to an abandoned entry so the next receive claims it.
 const ABANDONED_IDLE_MS: u64 = 1 << 40;
 
@@ -50,8 +52,8 @@ pub struct RedisQueue {
 /// Acts on an entry only if this consumer still owns it (Redis hands a
 /// stale entry to another consumer once its idle time passes the
 /// visibility timeout; the former owner must then neither acknowledge,
-/// renew, release nor poison it). KEYS[1] = stream; ARGV = group, id,
-/// consumer, action, then the action's arguments.
+/// renew, release nor poison it). KEYS[1] = stream, KEYS[2] = its poison
+/// stream; ARGV = group, id, consumer, action, then the action's arguments.
 const OWNED_ACTION: &str = r"
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
@@ -65,8 +67,8 @@ elseif action == 'release' then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'RETRYCOUNT', ARGV[6], 'JUSTID')
 elseif action == 'poison' then
   local fields = {}
-  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('XADD', ARGV[5], '*', unpack(fields))
+  for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[2], '*', unpack(fields))
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[1], ARGV[2])
 end
@@ -85,11 +87,18 @@ impl RedisQueue {
             reason,
         };
         let client = redis::Client::open(url).map_err(|e| fail(e.to_string()))?;
-        let connection =
-            tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
-                .await
-                .map_err(|_| fail("no answer within 10 s".to_string()))?
-                .map_err(|e| fail(e.to_string()))?;
+        // Every command gets an answer or an error within the timeout, so
+        // an unreachable server cannot hang the trigger or a drain.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT);
+        let connection = tokio::time::timeout(
+            Duration::from_secs(10),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| fail("no answer within 10 s".to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "host".to_string());
@@ -213,7 +222,9 @@ impl RedisQueue {
         };
         let claimed_count = entries.len();
         if entries.len() < max {
-            let read: Value = redis::cmd("XREADGROUP")
+            // The claimed entries are ours now (their count went up): a
+            // failure from here on must not drop them.
+            let read: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.consumer)
@@ -223,8 +234,11 @@ impl RedisQueue {
                 .arg(&self.stream)
                 .arg(">")
                 .query_async(&mut connection)
-                .await
-                .map_err(backend)?;
+                .await;
+            let read = read.unwrap_or_else(|error| {
+                tracing::warn!("redis: reading new entries failed: {error}");
+                Value::Nil
+            });
             if let Value::Array(streams) = &read {
                 for stream in streams {
                     if let Value::Array(pair) = stream
@@ -238,7 +252,8 @@ impl RedisQueue {
         let mut deliveries = Vec::with_capacity(entries.len());
         for (index, (id, fields)) in entries.into_iter().enumerate() {
             let dequeue_count = if index < claimed_count {
-                self.times_delivered(&id).await?
+                // Claimed: at least its second delivery.
+                self.times_delivered(&id).await.unwrap_or(2)
             } else {
                 1
             };
@@ -282,6 +297,7 @@ impl RedisQueue {
     ) -> Result<bool, QueueError> {
         let script = redis::Script::new(OWNED_ACTION);
         let mut invocation = script.key(&self.stream);
+        invocation.key(format!("{}{}", self.stream, super::POISON_SUFFIX));
         invocation
             .arg(GROUP)
             .arg(&delivery.receipt)
@@ -344,7 +360,11 @@ impl RedisQueue {
         reason: &str,
     ) -> Result<(), QueueError> {
         let message = &delivery.message;
-        let mut extra: Vec<Vec<u8>> = vec![poison_stream.as_bytes().to_vec()];
+        debug_assert_eq!(
+            poison_stream,
+            format!("{}{}", self.stream, super::POISON_SUFFIX)
+        );
+        let mut extra: Vec<Vec<u8>> = Vec::new();
         let mut field = |key: &str, value: &[u8]| {
             extra.push(key.as_bytes().to_vec());
             extra.push(value.to_vec());
@@ -367,20 +387,29 @@ impl RedisQueue {
     /// poison stream's length.
     pub async fn stats(&self, poison_stream: &str) -> Result<QueueStats, QueueError> {
         let mut connection = self.connection.clone();
-        let (length, poison, oldest, pending): (u64, u64, Value, Value) = redis::pipe()
+        let (length, poison, groups, pending): (u64, u64, Value, Value) = redis::pipe()
             .cmd("XLEN")
             .arg(&self.stream)
             .cmd("XLEN")
             .arg(poison_stream)
-            .cmd("XRANGE")
+            .cmd("XINFO")
+            .arg("GROUPS")
             .arg(&self.stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
             .cmd("XPENDING")
             .arg(&self.stream)
             .arg(GROUP)
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        // The oldest waiting message is the first entry after the group's
+        // last delivered id (entries being handled are not a backlog).
+        let last_delivered = last_delivered_id(&groups).unwrap_or_else(|| "0-0".to_string());
+        let oldest: Value = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg(format!("({last_delivered}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
             .query_async(&mut connection)
             .await
             .map_err(backend)?;
@@ -448,6 +477,38 @@ fn parse_entries(value: &Value) -> Vec<(String, Fields)> {
             Some((id, fields))
         })
         .collect()
+}
+
+/// The `last-delivered-id` of group [`GROUP`] in an `XINFO GROUPS` reply
+/// (a list of flat key/value arrays, or maps with RESP3).
+fn last_delivered_id(groups: &Value) -> Option<String> {
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    groups.iter().find_map(|group| {
+        let pairs: Vec<(String, &Value)> = match group {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| Some((as_string(kv.first()?)?, kv.get(1)?)))
+                .collect(),
+            Value::Map(map) => map
+                .iter()
+                .filter_map(|(k, v)| Some((as_string(k)?, v)))
+                .collect(),
+            _ => return None,
+        };
+        let name = pairs
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| as_string(v))?;
+        if name != GROUP {
+            return None;
+        }
+        pairs
+            .iter()
+            .find(|(k, _)| k == "last-delivered-id")
+            .and_then(|(_, v)| as_string(v))
+    })
 }
 
 fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {

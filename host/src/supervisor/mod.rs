@@ -496,12 +496,18 @@ impl Supervisor {
             link.shutdown();
         }
         let tasks = std::mem::take(&mut *self.slot_tasks.lock().expect("slot tasks"));
+        let aborts: Vec<_> = tasks.iter().map(|task| task.abort_handle()).collect();
         let all = futures_util::future::join_all(tasks);
         if tokio::time::timeout(WORKER_STOP_TIMEOUT, all)
             .await
             .is_err()
         {
             tracing::warn!("workers did not stop within {WORKER_STOP_TIMEOUT:?}; killing them");
+            // Aborting a slot task drops its child handle, which kills the
+            // process (kill_on_drop).
+            for abort in aborts {
+                abort.abort();
+            }
         }
     }
 
@@ -751,7 +757,12 @@ impl Supervisor {
         // responses while a retiring worker finishes its in-flight work.
         let mut reader_task = {
             let link = link.clone();
-            tokio::spawn(async move { link.read_loop(reader).await })
+            tokio::spawn(async move {
+                let reason = link.read_loop(reader).await;
+                // Nothing more will arrive: fail what is pending at once.
+                link.lose();
+                reason
+            })
         };
         let reason = tokio::select! {
             status = child.wait() => {
@@ -781,6 +792,15 @@ impl Supervisor {
                 tracing::error!("worker {slot} (pid {pid}): cannot write to it; recycling it");
                 let _ = child.start_kill();
                 format!("channel write failed ({})", exit_status(&mut child).await)
+            }
+            () = self.stopped() => {
+                // The host is stopping (drain done): ask the worker to exit.
+                link.shutdown();
+                if tokio::time::timeout(WORKER_STOP_TIMEOUT, child.wait()).await.is_err() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+                "stopped".to_string()
             }
             () = slot_state.retire.notified() => {
                 self.retire(slot_state, &link, &mut child).await;
@@ -816,8 +836,13 @@ impl Supervisor {
         self.set_phase(slot, SlotPhase::Retiring, Some(link.pid));
         self.pool.remove(slot.id);
         let deadline = Instant::now() + self.config.host.grace;
-        while link.in_flight() > 0 && Instant::now() < deadline {
+        // The reader task marks the link lost if the worker dies meanwhile
+        // (in-flight then drops to 0 at once); an overrun kills it now.
+        while link.in_flight() > 0 && Instant::now() < deadline && !link.overran() {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if link.overran() {
+            let _ = child.start_kill();
         }
         link.shutdown();
         if tokio::time::timeout(WORKER_STOP_TIMEOUT, child.wait())

@@ -14,7 +14,8 @@
 //!   `RLIMIT_DATA` when set;
 //! - gets its end of the channel as fd 3, and nothing else: the environment
 //!   is cleared, stdin is `/dev/null`, and every descriptor above 3 is
-//!   closed (`close_range`), including any the supervisor itself inherited.
+//!   closed at exec (`close_range` with `CLOSE_RANGE_CLOEXEC`), including
+//!   any the supervisor itself inherited.
 //!
 //! See docs/security.md for what this does and does not isolate.
 
@@ -62,8 +63,8 @@ pub fn spawn(limits: WorkerLimits) -> std::io::Result<WorkerProcess> {
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (setpgid, prctl, getppid, setrlimit,
-    // getrlimit, dup2, fcntl, close_range, close) on values copied in
-    // before the fork.
+    // getrlimit, dup2, fcntl, close_range) on values copied in before the
+    // fork, and allocates nothing.
     unsafe {
         command.pre_exec(move || harden_child(their_fd, supervisor_pid, limits));
     }
@@ -103,7 +104,7 @@ fn harden_child(
         ))?;
         if libc::getppid() != supervisor_pid {
             // The supervisor died before the death signal was armed.
-            return Err(std::io::Error::other("the supervisor is gone"));
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         set_limit(libc::RLIMIT_CORE, 0)?;
@@ -118,16 +119,19 @@ fn harden_child(
             check(libc::dup2(channel_fd, CHANNEL_FD))?;
         }
         // Descriptors the supervisor inherited without close-on-exec (from
-        // whatever started it) must not reach the worker either.
+        // whatever started it) must not reach the worker either: mark all
+        // above 3 close-on-exec (closing them here would also close the
+        // pipe std uses to report a failed exec).
         if libc::syscall(
             libc::SYS_close_range,
             CHANNEL_FD as libc::c_uint + 1,
             libc::c_uint::MAX,
-            0,
+            libc::CLOSE_RANGE_CLOEXEC,
         ) == -1
         {
-            for fd in CHANNEL_FD + 1..1024 {
-                libc::close(fd);
+            // Kernels before 5.11: one by one, up to the limit set above.
+            for fd in CHANNEL_FD + 1..WORKER_OPEN_FILES as RawFd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
     }

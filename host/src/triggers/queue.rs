@@ -34,6 +34,9 @@ pub const MAX_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default failed deliveries before the poison queue (`--max-dequeue-count`).
 pub const DEFAULT_MAX_DEQUEUE_COUNT: u32 = 5;
+/// Shortest `--visibility-timeout`: renewals run every third of it, and a
+/// shorter one would let the same message be fetched again while it runs.
+pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest wait between polls of an empty queue.
 const POLL_MIN: Duration = Duration::from_millis(20);
 /// Longest wait between polls of an empty queue.
@@ -141,11 +144,11 @@ impl QueueTrigger {
                 let room = (self.settings.batch_size + self.settings.new_batch_threshold) * workers
                     - in_flight;
                 let wanted = room.min(self.settings.batch_size * workers);
-                match self
-                    .queue
-                    .receive(wanted, self.settings.visibility_timeout)
-                    .await
-                {
+                let received = tokio::select! {
+                    received = self.queue.receive(wanted, self.settings.visibility_timeout) => received,
+                    () = &mut shutdown => break,
+                };
+                match received {
                     Ok(deliveries) if deliveries.is_empty() => {
                         let wait = idle_wait;
                         idle_wait = (idle_wait * 2).min(POLL_MAX);
@@ -193,7 +196,7 @@ impl QueueTrigger {
     fn start(&self, delivery: Delivery) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let queue = self.queue.clone();
-        if delivery.message.body.len() > MAX_MESSAGE_BYTES {
+        if delivery.message.size() > MAX_MESSAGE_BYTES {
             // Another producer (Redis) sent more than a worker may be given.
             let (in_flight, finished, counters) = (
                 self.in_flight.clone(),
@@ -202,8 +205,8 @@ impl QueueTrigger {
             );
             tokio::spawn(async move {
                 let reason = format!(
-                    "the body has {} bytes, more than {MAX_MESSAGE_BYTES}",
-                    delivery.message.body.len()
+                    "the message has {} bytes (body, id and attributes), more than {MAX_MESSAGE_BYTES}",
+                    delivery.message.size()
                 );
                 tracing::warn!(
                     "message {}: {reason}; moving it to {}",
@@ -227,8 +230,9 @@ impl QueueTrigger {
         let in_flight = self.in_flight.clone();
         let finished = self.finished.clone();
         let counters = self.counters.clone();
+        let workers = self.workers.clone();
         tokio::spawn(async move {
-            handle(&queue, call, &delivery, &settings, &counters).await;
+            handle(&queue, call, &delivery, &settings, &counters, &*workers).await;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             finished.notify_waiters();
         });
@@ -243,6 +247,7 @@ async fn handle(
     delivery: &Delivery,
     settings: &QueueSettings,
     counters: &QueueCounters,
+    workers: &(dyn Fn() -> usize + Send + Sync),
 ) {
     let renew_every = (settings.visibility_timeout / 3).max(Duration::from_millis(100));
     tokio::pin!(call);
@@ -262,8 +267,10 @@ async fn handle(
             counters.completed.fetch_add(1, Ordering::Relaxed);
             queue.complete(delivery).await
         }
-        Err(error) if error.kind == FailureKind::Capacity => {
-            // It never reached a handler (no worker had room): not an attempt.
+        Err(error) if error.kind == FailureKind::Capacity && workers() == 0 => {
+            // No worker was ready (one was restarting): it never reached a
+            // handler, so it is not an attempt. Capacity refusals inside a
+            // worker count like any failure, so they cannot loop forever.
             tracing::debug!(
                 "message {}: no capacity ({}); released",
                 message.id,
