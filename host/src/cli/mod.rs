@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a component's HTTP handler.
+    /// Serve a component: its HTTP handler, and its queue handler with --queue.
     Serve(Box<serve::ServeCommand>),
     /// Check a component: what it imports and exports, which trigger it serves.
     Check(check::CheckCommand),

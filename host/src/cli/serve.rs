@@ -29,7 +29,7 @@ use super::DEFAULT_LOG_FILTER;
 /// named in its help; a flag wins over the variable.
 #[derive(Args)]
 pub struct ServeCommand {
-    /// The component to serve (a .wasm file exporting wasi:http/incoming-handler@0.2.x).
+    /// The component to serve (a .wasm file exporting wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x or fnhost:function/queue-handler@0.2.x).
     component: PathBuf,
 
     /// Address of the HTTP trigger; port 0 picks a free port.
@@ -133,7 +133,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_NEW_BATCH_THRESHOLD", value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_SIZE as u64), value_name = "N")]
     new_batch_threshold: Option<u64>,
 
-    /// How long a fetched message stays invisible to other consumers (renewed while its handler runs).
+    /// How long a fetched message stays invisible to other consumers (renewed while its handler runs); at least 1s.
     #[arg(long, env = "FNHOST_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = parse_visibility, value_name = "DUR")]
     visibility_timeout: Duration,
 
@@ -150,7 +150,7 @@ pub struct ServeCommand {
     worker_memory: Option<u64>,
 
     /// Run guests inside this process instead of worker processes: no crash
-    /// isolation, no admin endpoint. For embedding-like setups and benchmarks.
+    /// isolation, no admin endpoint, no queue trigger. For embedding-like setups and benchmarks.
     #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
     in_process: bool,
 }

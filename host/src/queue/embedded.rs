@@ -20,7 +20,7 @@ use super::{Delivery, QueueError, QueueStats, now_ms};
 use crate::invocation::QueueMessage;
 use bytes::Bytes;
 use rusqlite::{Connection, params};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +50,6 @@ CREATE INDEX IF NOT EXISTS messages_by_age ON messages (queue, enqueued_at);
 #[derive(Clone)]
 pub struct EmbeddedStore {
     connection: Arc<Mutex<Connection>>,
-    path: PathBuf,
 }
 
 impl EmbeddedStore {
@@ -74,13 +73,7 @@ impl EmbeddedStore {
             .map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            path,
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `work` on the connection on tokio's blocking pool.

@@ -43,7 +43,6 @@ pub struct RedisQueue {
     connection: ConnectionManager,
     stream: String,
     consumer: String,
-    url: String,
     /// Where the next `XAUTOCLAIM` scan resumes (Redis returns it), so
     /// stale entries deep in the pending list are reached too.
     claim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
@@ -106,7 +105,6 @@ impl RedisQueue {
             connection,
             stream: stream.to_string(),
             consumer: format!("{host}-{}", std::process::id()),
-            url: url.to_string(),
             claim_cursor: std::sync::Arc::new(std::sync::Mutex::new("0-0".to_string())),
         };
         queue
@@ -144,11 +142,6 @@ impl RedisQueue {
             claim_cursor: std::sync::Arc::new(std::sync::Mutex::new("0-0".to_string())),
             ..self.clone()
         }
-    }
-
-    /// The server's URL.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// Appends an entry; returns its id.

@@ -65,16 +65,8 @@ fn route(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Full<
         "/drain" => Method::POST,
         _ => return text(StatusCode::NOT_FOUND, format!("no admin resource {path}\n")),
     };
-    if method != allowed {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} takes {allowed}\n"),
-        );
-        response.headers_mut().insert(
-            header::ALLOW,
-            header::HeaderValue::from_str(allowed.as_str()).expect("a method is a header value"),
-        );
-        return response;
+    if *method != allowed {
+        return method_not_allowed(path, &allowed);
     }
     match path {
         "/health" => match supervisor.unhealthy_reason() {
@@ -134,20 +126,9 @@ async fn queue_route(
         return text(StatusCode::NOT_FOUND, format!("no admin resource {path}\n"));
     }
     let queue = queue.sibling(name);
-    let (allowed, method) = (
-        if messages { Method::POST } else { Method::GET },
-        request.method().clone(),
-    );
-    if method != allowed {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} takes {allowed}\n"),
-        );
-        response.headers_mut().insert(
-            header::ALLOW,
-            header::HeaderValue::from_str(allowed.as_str()).expect("a method is a header value"),
-        );
-        return response;
+    let allowed = if messages { Method::POST } else { Method::GET };
+    if *request.method() != allowed {
+        return method_not_allowed(&path, &allowed);
     }
     if !messages {
         return match queue.stats().await {
@@ -181,6 +162,19 @@ async fn queue_route(
         }
         Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
     }
+}
+
+/// 405 with `Allow`, for `path`, which takes only `allowed`.
+fn method_not_allowed(path: &str, allowed: &Method) -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{path} takes {allowed}\n"),
+    );
+    response.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_str(allowed.as_str()).expect("a method is a header value"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -401,6 +401,14 @@ impl WorkerLink {
         }
     }
 
+    /// The failure of an invocation that could not be sent to this worker.
+    fn gone_error(&self) -> InvocationError {
+        InvocationError::new(
+            FailureKind::WorkerLost,
+            format!("worker {} (pid {}) is gone", self.slot, self.pid),
+        )
+    }
+
     fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
@@ -516,14 +524,8 @@ async fn run(
     let (parts, body) = invocation.request.into_parts();
     let body_empty = body.is_end_stream();
     let body_length = body.size_hint().exact();
-    let lost = || {
-        InvocationError::new(
-            FailureKind::WorkerLost,
-            format!("worker {} (pid {}) is gone", link.slot, link.pid),
-        )
-    };
     let Some(head) = link.register(id) else {
-        return Err(lost());
+        return Err(link.gone_error());
     };
     let mut guard = CancelOnDrop {
         link: link.clone(),
@@ -541,14 +543,26 @@ async fn run(
     if sent.is_err() {
         guard.armed = false;
         link.take(id);
-        return Err(lost());
+        return Err(link.gone_error());
     }
     if !body_empty {
         tokio::spawn(send_request_body(link.clone(), id, body));
     }
-    let outcome = tokio::time::timeout(deadline, head).await;
+    let outcome = await_answer(&link, id, deadline, head).await;
     guard.armed = false;
-    match outcome {
+    outcome
+}
+
+/// Waits for the worker's answer to invocation `id`. No answer by
+/// `deadline` recycles the worker; the timeout is reported only once it is
+/// dead, so a retry (a queue message's redelivery) never runs beside it.
+async fn await_answer<T>(
+    link: &WorkerLink,
+    id: u64,
+    deadline: Duration,
+    answer: oneshot::Receiver<Result<T, InvocationError>>,
+) -> Result<T, InvocationError> {
+    match tokio::time::timeout(deadline, answer).await {
         Ok(Ok(result)) => result,
         // The reader dropped the sender without an answer: the link is gone.
         Ok(Err(_)) => Err(InvocationError::new(
@@ -563,8 +577,6 @@ async fn run(
                 OVERRUN_GRACE.as_secs()
             );
             link.overrun(id);
-            // Answer only once the stuck worker is dead, so a retry (a
-            // queue message's redelivery) never runs beside it.
             link.wait_gone(KILL_WAIT).await;
             Err(InvocationError::new(
                 FailureKind::Timeout,
@@ -638,10 +650,7 @@ async fn run_queue(
     };
     let id = invocation.id.to_u64();
     let Some(reply) = link.register_queue(id) else {
-        return Err(InvocationError::new(
-            FailureKind::WorkerLost,
-            format!("worker {} (pid {}) is gone", link.slot, link.pid),
-        ));
+        return Err(link.gone_error());
     };
     let sent = link.to_worker.send(ToWorker::InvokeQueue {
         id,
@@ -649,32 +658,7 @@ async fn run_queue(
     });
     if sent.is_err() {
         link.take_queue(id);
-        return Err(InvocationError::new(
-            FailureKind::WorkerLost,
-            format!("worker {} (pid {}) is gone", link.slot, link.pid),
-        ));
+        return Err(link.gone_error());
     }
-    match tokio::time::timeout(deadline, reply).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(InvocationError::new(
-            FailureKind::WorkerLost,
-            format!("worker {} (pid {}) exited", link.slot, link.pid),
-        )),
-        Err(_) => {
-            tracing::error!(
-                "[{id:016x}] worker {} (pid {}) gave no answer within --timeout + {} s; recycling it",
-                link.slot,
-                link.pid,
-                OVERRUN_GRACE.as_secs()
-            );
-            link.overrun(id);
-            // Answer only once the stuck worker is dead, so a retry (a
-            // queue message's redelivery) never runs beside it.
-            link.wait_gone(KILL_WAIT).await;
-            Err(InvocationError::new(
-                FailureKind::Timeout,
-                "the worker overran the deadline and was recycled",
-            ))
-        }
-    }
+    await_answer(&link, id, deadline, reply).await
 }

@@ -22,7 +22,7 @@ use crate::invocation::{Dispatch, FailureKind, InvocationId, QueueInvocation};
 use crate::queue::{Delivery, MAX_MESSAGE_BYTES, Queue};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -68,17 +68,6 @@ impl Default for QueueSettings {
     }
 }
 
-/// Counters of one trigger.
-#[derive(Debug, Default)]
-pub struct QueueCounters {
-    /// Messages handled and deleted.
-    pub completed: AtomicU64,
-    /// Deliveries that failed (and were retried or poisoned).
-    pub failed: AtomicU64,
-    /// Messages moved to the poison queue.
-    pub poisoned: AtomicU64,
-}
-
 /// Feeds one queue to a dispatch.
 pub struct QueueTrigger {
     queue: Queue,
@@ -87,7 +76,6 @@ pub struct QueueTrigger {
     workers: Arc<dyn Fn() -> usize + Send + Sync>,
     in_flight: Arc<AtomicUsize>,
     finished: Arc<Notify>,
-    counters: Arc<QueueCounters>,
 }
 
 impl QueueTrigger {
@@ -106,18 +94,12 @@ impl QueueTrigger {
             workers,
             in_flight: Arc::default(),
             finished: Arc::default(),
-            counters: Arc::default(),
         }
     }
 
     /// Messages being handled now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The trigger's counters.
-    pub fn counters(&self) -> Arc<QueueCounters> {
-        self.counters.clone()
     }
 
     /// Fetches and dispatches until `shutdown` resolves, then waits up to
@@ -198,11 +180,7 @@ impl QueueTrigger {
         let queue = self.queue.clone();
         if delivery.message.size() > MAX_MESSAGE_BYTES {
             // Another producer (Redis) sent more than a worker may be given.
-            let (in_flight, finished, counters) = (
-                self.in_flight.clone(),
-                self.finished.clone(),
-                self.counters.clone(),
-            );
+            let (in_flight, finished) = (self.in_flight.clone(), self.finished.clone());
             tokio::spawn(async move {
                 let reason = format!(
                     "the message has {} bytes (body, id and attributes), more than {MAX_MESSAGE_BYTES}",
@@ -213,7 +191,6 @@ impl QueueTrigger {
                     delivery.message.id,
                     queue.poison_name()
                 );
-                counters.poisoned.fetch_add(1, Ordering::Relaxed);
                 if let Err(error) = queue.poison(&delivery, &reason).await {
                     tracing::warn!("message {}: {error}", delivery.message.id);
                 }
@@ -229,10 +206,9 @@ impl QueueTrigger {
         let settings = self.settings.clone();
         let in_flight = self.in_flight.clone();
         let finished = self.finished.clone();
-        let counters = self.counters.clone();
         let workers = self.workers.clone();
         tokio::spawn(async move {
-            handle(&queue, call, &delivery, &settings, &counters, &*workers).await;
+            handle(&queue, call, &delivery, &settings, &*workers).await;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             finished.notify_waiters();
         });
@@ -246,7 +222,6 @@ async fn handle(
     call: std::pin::Pin<Box<dyn Future<Output = crate::invocation::QueueResult> + Send>>,
     delivery: &Delivery,
     settings: &QueueSettings,
-    counters: &QueueCounters,
     workers: &(dyn Fn() -> usize + Send + Sync),
 ) {
     let renew_every = (settings.visibility_timeout / 3).max(Duration::from_millis(100));
@@ -263,10 +238,7 @@ async fn handle(
     };
     let message = &delivery.message;
     let outcome = match result {
-        Ok(()) => {
-            counters.completed.fetch_add(1, Ordering::Relaxed);
-            queue.complete(delivery).await
-        }
+        Ok(()) => queue.complete(delivery).await,
         Err(error) if error.kind == FailureKind::Capacity && workers() == 0 => {
             // No worker was ready (one was restarting): it never reached a
             // handler, so it is not an attempt. Capacity refusals inside a
@@ -279,10 +251,8 @@ async fn handle(
             queue.release_uncounted(delivery).await
         }
         Err(error) => {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
             let reason = format!("{}: {}", error.kind, error.detail);
             if message.dequeue_count >= settings.max_dequeue_count {
-                counters.poisoned.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "message {} failed delivery {} of {} ({reason}); moving it to {}",
                     message.id,
