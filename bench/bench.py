@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
 WASMTIME_VERSION = "48.0.8"
-EXAMPLES = ROOT / "examples" / "target" / "wasm32-wasip2" / "release"
+# The host's and the examples' target folders; CI keeps both outside the clone.
+HOST_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+EXAMPLES_TARGET = Path(os.environ.get("FNHOST_EXAMPLES_TARGET_DIR") or ROOT / "examples" / "target")
+EXAMPLES = EXAMPLES_TARGET / "wasm32-wasip2" / "release"
 
 # Little's law bound of the io scenario: 500 connections / 50 ms each.
 IO_CONNECTIONS = 500
@@ -93,8 +96,9 @@ def build(profile, host=True):
     if host:
         run(["cargo", "build", *flag, "-p", "fnhost", "-p", "fnhost-bench-native"], cwd=ROOT)
     run(["cargo", "build", "--release", "--target", "wasm32-wasip2",
-         "--manifest-path", str(ROOT / "examples" / "Cargo.toml")])
-    target = ROOT / "target" / ("release" if profile == "release" else "debug")
+         "--manifest-path", str(ROOT / "examples" / "Cargo.toml"),
+         "--target-dir", str(EXAMPLES_TARGET)])
+    target = HOST_TARGET / ("release" if profile == "release" else "debug")
     fnhost = target / "fnhost"
     if not fnhost.exists():
         sys.exit(f"{fnhost} does not exist; build it or drop --no-build")

@@ -31,7 +31,7 @@ pub fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let out = BUILT.get_or_init(|| {
         let examples = repo_root().join("examples");
-        let target_dir = examples.join("target");
+        let target_dir = examples_target_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let status = Command::new(cargo)
             .args([
@@ -55,6 +55,16 @@ pub fn example(name: &str) -> PathBuf {
     let path = out.join(format!("{name}.wasm"));
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Where the example guests are built: `FNHOST_EXAMPLES_TARGET_DIR` when
+/// set (CI keeps it outside the clone, so a later run reuses it), else
+/// `examples/target`. It cannot be the host's target folder: `cargo test`
+/// holds that folder's lock while the tests run.
+fn examples_target_dir() -> PathBuf {
+    std::env::var_os("FNHOST_EXAMPLES_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("examples").join("target"))
 }
 
 /// A compile cache shared by the tests that do not test the cache itself.
