@@ -134,7 +134,7 @@ impl HostBuilder {
             }
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
-        let file = component::read(&path)?;
+        let file = component::read_checked(&path, self.config.invocation.max_memory)?;
         let wasip3 = file.wasip3;
         let lane = if wasip3 {
             if self.config.execution.mode == config::Mode::Sync {
@@ -146,7 +146,8 @@ impl HostBuilder {
         };
         let (engine, allocator) = engine::build_engine(&EngineSettings {
             max_memory: self.config.invocation.max_memory,
-            pooling: self.pooling,
+            pool_slots: self.pooling.then_some(engine::POOL_COMPONENT_INSTANCES),
+            needs: file.needs,
             lane,
             sync_fuel: self.config.execution.max_fuel.is_some(),
             concurrency: wasip3,

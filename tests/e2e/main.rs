@@ -9,6 +9,7 @@ mod guests;
 mod lanes;
 mod limits;
 mod outbound;
+mod python;
 mod queue;
 mod sandbox;
 mod serve;

@@ -57,6 +57,92 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Builds the Python example `examples/python/<name>` into a component
+/// (once per test run, and not again while its inputs are unchanged) and
+/// returns its path. Apps go through the SDK's builder
+/// (`python3 -m fnhost.build`); `raw-*` examples, written without the SDK,
+/// through plain `componentize-py`, as their READMEs say.
+pub fn python_component(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let root = repo_root();
+    let source = root.join("examples").join("python").join(name);
+    let sdk = root.join("guest-sdk").join("python");
+    let out_dir = python_components_dir();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{name}.wasm"));
+    let stamp = out_dir.join(format!("{name}.inputs"));
+    let inputs = python_inputs_digest(&[&source, &sdk.join("fnhost")]);
+    let fresh = out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs);
+    if !fresh {
+        let _ = std::fs::remove_file(&stamp);
+        let status = if name.starts_with("raw-") {
+            Command::new("componentize-py")
+                .args(["-d", "wit", "-w", "app", "componentize", "app", "-o"])
+                .arg(&out)
+                .current_dir(&source)
+                .status()
+        } else {
+            Command::new("python3")
+                .args(["-m", "fnhost.build"])
+                .arg(source.join("app.py"))
+                .arg("-o")
+                .arg(&out)
+                .env("PYTHONPATH", &sdk)
+                .status()
+        }
+        .expect("running componentize-py (pip install componentize-py==0.25.1)");
+        assert!(
+            status.success(),
+            "building the Python example {name} failed"
+        );
+        std::fs::write(&stamp, &inputs).unwrap();
+    }
+    built.push((name.to_string(), out.clone()));
+    out
+}
+
+/// Where Python components are kept between runs: `FNHOST_PYTHON_BUILD_DIR`
+/// when set (CI keeps it outside the clone), else the test temp folder.
+fn python_components_dir() -> PathBuf {
+    std::env::var_os("FNHOST_PYTHON_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-components"))
+}
+
+/// A digest of every file under `roots` (names and contents), so a
+/// component is rebuilt when its app, the SDK or its WIT changes.
+fn python_inputs_digest(roots: &[&Path]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut pending: Vec<PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap().path();
+                if entry.file_name().is_some_and(|n| n != "__pycache__") {
+                    pending.push(entry);
+                }
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    let root = repo_root();
+    for file in files {
+        // Relative names, so a clone elsewhere reuses the build.
+        let name = file.strip_prefix(&root).unwrap_or(&file);
+        hasher.update(name.to_string_lossy().as_bytes());
+        hasher.update(std::fs::read(&file).unwrap());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
 /// Where the example guests are built: `FNHOST_EXAMPLES_TARGET_DIR` when
 /// set (CI keeps it outside the clone, so a later run reuses it), else
 /// `examples/target`. It cannot be the host's target folder: `cargo test`
@@ -67,9 +153,12 @@ fn examples_target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("examples").join("target"))
 }
 
-/// A compile cache shared by the tests that do not test the cache itself.
+/// A compile cache shared by the tests that do not test the cache itself:
+/// `$XDG_CACHE_HOME/fnhost` for the `XDG_CACHE_HOME` that [`run_fnhost`]
+/// sets, so `fnhost check` and `fnhost serve` share compiled code (a
+/// Python component takes a while to compile in a debug host).
 pub fn shared_cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-compile-cache")
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fnhost")
 }
 
 /// A running `fnhost serve`.

@@ -102,7 +102,7 @@ fn kill_9_of_a_worker_under_load_fails_only_its_in_flight_requests() {
     std::thread::sleep(Duration::from_millis(500));
     let victim = before[1];
     kill(victim, "KILL");
-    let back = wait_until(Duration::from_secs(2), "3 workers ready again", || {
+    let back = wait_until(Duration::from_secs(10), "3 workers ready again", || {
         let pids = ready_pids(&server);
         pids.len() == 3 && !pids.contains(&victim)
     });
@@ -253,7 +253,8 @@ fn a_stopped_worker_is_recycled_after_timeout_plus_grace() {
     let waited = started.elapsed();
     assert_eq!(response.status(), 504);
     assert_eq!(response.headers()["fnhost-error"], "timeout");
-    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    // --timeout plus the 2 s grace is 3 s; an unrecycled worker never answers.
+    assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
     wait_until(Duration::from_secs(5), "a replacement worker", || {
         let pids = ready_pids(&server);
         pids.len() == 1 && pids[0] != before[0]
@@ -377,7 +378,7 @@ fn workers_run_with_no_new_privileges_no_environment_and_no_core_dumps() {
     );
     // It dies with the supervisor, even one killed with SIGKILL.
     kill(server.pid(), "KILL");
-    wait_until(Duration::from_secs(2), "the worker gone", || {
+    wait_until(Duration::from_secs(5), "the worker gone", || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))

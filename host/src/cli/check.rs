@@ -3,7 +3,8 @@
 
 use clap::Args;
 use fnhost::cache::CompileCache;
-use fnhost::config::{InvocationLimits, Mode, default_cache_dir};
+use fnhost::config::parse::parse_size;
+use fnhost::config::{Mode, default_cache_dir};
 use fnhost::engine::{EngineSettings, build_engine};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,12 +14,18 @@ use std::process::ExitCode;
 pub struct CheckCommand {
     /// The component to check.
     component: PathBuf,
+
+    /// Linear memory per instance, as `fnhost serve --max-memory`: a
+    /// component that needs more at start is refused by both.
+    #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_memory: u64,
 }
 
 impl CheckCommand {
     /// Prints the component's inventory; exit 0 if `serve` would accept it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let file = fnhost::component::read(&self.component)?;
+        let max_memory = self.max_memory;
+        let file = fnhost::component::read_checked(&self.component, max_memory)?;
         let marker = file.lane_marker;
         let wasip3 = file.wasip3;
         let lane = if wasip3 {
@@ -27,9 +34,12 @@ impl CheckCommand {
             Mode::Auto.resolve(marker)
         };
         let (engine, _) = build_engine(&EngineSettings {
-            max_memory: InvocationLimits::default().max_memory,
-            // Checking needs no slots; skip reserving them.
-            pooling: false,
+            max_memory,
+            // The pool `serve` sizes for this component, with one slot:
+            // wasmtime checks the component against it as it compiles, so
+            // `check` refuses what `serve` would.
+            pool_slots: Some(1),
+            needs: file.needs,
             lane,
             sync_fuel: false,
             concurrency: wasip3,

@@ -216,10 +216,11 @@ impl ServeCommand {
 
     /// Checks the component, binds, and runs the supervisor.
     fn supervise(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-        // The cheap checks (the file exists and is a component) here, so the
-        // common mistakes fail before any process starts; the worker reports
-        // the rest (no handler, link errors) and the supervisor exits 2.
-        fnhost::component::read(&self.component)?;
+        // The checks that need no compiling (the file exists, is a
+        // component, fits the caps) here, so the common mistakes fail before
+        // any process starts; the first worker reports the rest (no handler,
+        // link errors) before any port opens, and the supervisor exits 2.
+        fnhost::component::read_checked(&self.component, self.max_memory)?;
         let config = SupervisorConfig {
             component: self.component.clone(),
             host: self.config(),
@@ -243,20 +244,13 @@ impl ServeCommand {
             log_filter: std::env::var("RUST_LOG")
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
         };
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(config.host.listen)
-                .await
-                .with_context(|| format!("--listen {}: cannot bind", config.host.listen))?;
-            let admin = match self.admin {
-                Some(address) => Some(
-                    tokio::net::TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("--admin {address}: cannot bind"))?,
-                ),
-                None => None,
-            };
-            Supervisor::run(config, listener, admin, shutdown_signal()).await
-        })
+        let listen = config.host.listen;
+        runtime.block_on(Supervisor::run(
+            config,
+            listen,
+            self.admin,
+            shutdown_signal(),
+        ))
     }
 
     /// Loads the component into this process, binds, serves until a signal, drains.

@@ -22,12 +22,14 @@ use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueSpec};
 use crate::triggers::http::HttpTrigger;
 use crate::triggers::queue::{QueueSettings, QueueTrigger};
+use anyhow::Context;
 use breaker::{Backoff, CrashBreaker};
 use pool::{SlotCounters, WorkerLink, WorkerPool};
 use process::WorkerLimits;
 use scale::{ScaleInputs, ScalePolicy};
 use serde::Serialize;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -224,14 +226,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts `config.workers` workers and serves `listener` (and the admin
-    /// endpoint on `admin`, if given) until `shutdown` resolves, `POST
-    /// /drain` arrives, or the crash-loop breaker trips. Errors are start-up
-    /// failures (exit 2); a tripped breaker returns [`EXIT_CRASH_LOOP`].
+    /// Starts `config.workers` workers, then binds `listen` (and the admin
+    /// endpoint on `admin`, if given) and serves until `shutdown` resolves,
+    /// `POST /drain` arrives, or the crash-loop breaker trips. The ports
+    /// open only once the first workers have loaded the component, so a
+    /// component that cannot be served never has a port accepting
+    /// connections. Errors are start-up failures (exit 2); a tripped
+    /// breaker returns [`EXIT_CRASH_LOOP`].
     pub async fn run(
         config: SupervisorConfig,
-        listener: TcpListener,
-        admin: Option<TcpListener>,
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
         let workers = config.workers;
@@ -293,6 +298,13 @@ impl Supervisor {
                 }
             }
         }
+        let (listener, admin) = match bind(listen, admin).await {
+            Ok(bound) => bound,
+            Err(error) => {
+                supervisor.stop_workers().await;
+                return Err(error);
+            }
+        };
         supervisor.serving.store(true, Ordering::Relaxed);
         tracing::info!(
             "serving {} on http://{} with {}",
@@ -870,4 +882,23 @@ async fn exit_status(child: &mut tokio::process::Child) -> String {
         Ok(status) => status.to_string(),
         Err(error) => format!("cannot be waited for: {error}"),
     }
+}
+
+/// Binds the HTTP listener and the admin endpoint, if any.
+async fn bind(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot bind"))?;
+    let admin = match admin {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("--admin {address}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    Ok((listener, admin))
 }

@@ -4,35 +4,23 @@
 //! Every default set here is commented with its reason: this is the only place
 //! fnhost configures wasmtime.
 
+mod pool;
+
+pub use pool::{
+    MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES, POOL_COMPONENT_INSTANCES,
+    check_needs,
+};
+
+use crate::component::ComponentNeeds;
 use crate::config::Lane;
 use std::thread;
 use std::time::Duration;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
 /// How often the epoch ticker advances the engine's epoch: the resolution of
 /// the sync lane's deadlines (a sync guest past `--timeout` traps within one
 /// tick).
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Instance slots in the pooling allocator. wasmtime's default is 1000 core
-/// instances, and a `wasi:http` component built by Rust takes several (its
-/// own module plus adapter shims), which capped `wasmtime serve` at about 333
-/// requests in flight. fnhost counts component instances instead and gives
-/// each one room for its core instances.
-pub const POOL_COMPONENT_INSTANCES: u32 = 1000;
-/// Core instances a component may create; Rust `wasm32-wasip2` components
-/// need 1-4, components adapted from WASIp1 a few more.
-const POOL_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
-/// Linear memories in the pool: one per component instance is the common
-/// case; components with two memories share the slack.
-const POOL_MEMORIES: u32 = 2 * POOL_COMPONENT_INSTANCES;
-/// Bytes of each memory slot kept resident (zeroed in place with `memset`
-/// rather than returned with `madvise`) when an instance is released. Most
-/// handlers touch less than this, so a fresh instance per request reuses
-/// warm pages instead of faulting them in again.
-const POOL_MEMORY_KEEP_RESIDENT: usize = 4 << 20;
-/// Same idea for tables and async stacks.
-const POOL_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// Which instance allocator the engine ended up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +45,13 @@ impl std::fmt::Display for AllocatorKind {
 pub struct EngineSettings {
     /// Linear memory per instance in bytes; also the pool's slot size.
     pub max_memory: u64,
-    /// Try the pooling allocator first (falls back if it cannot reserve).
-    pub pooling: bool,
+    /// Instances the pooling allocator holds at once (tried first; falls
+    /// back to on-demand allocation if it cannot reserve), or `None` for
+    /// on-demand allocation.
+    pub pool_slots: Option<u32>,
+    /// What one instance of the component to run needs; the pool's slots
+    /// are sized to fit it.
+    pub needs: ComponentNeeds,
     /// The lane the engine's code will run in: the async lane meters fuel
     /// (its yield points), the sync lane checks epochs (its deadlines).
     pub lane: Lane,
@@ -77,10 +70,12 @@ pub struct EngineSettings {
 /// or an address-space `ulimit` refuse it. Then the engine falls back to
 /// on-demand allocation and says so, instead of failing to start (Spin #2343).
 pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, AllocatorKind)> {
-    if settings.pooling {
+    if let Some(slots) = settings.pool_slots {
         let mut config = base_config(settings);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool::pooling_config(
             settings.max_memory,
+            &settings.needs,
+            slots,
         )));
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
@@ -126,22 +121,6 @@ fn base_config(settings: &EngineSettings) -> Config {
     config.max_wasm_stack(1 << 20);
     config.async_stack_size(2 << 20);
     config
-}
-
-fn pooling_config(max_memory: u64) -> PoolingAllocationConfig {
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
-        .total_core_instances(POOL_COMPONENT_INSTANCES * POOL_CORE_INSTANCES_PER_COMPONENT)
-        .max_core_instances_per_component(POOL_CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(POOL_MEMORIES)
-        .total_tables(POOL_MEMORIES)
-        .total_stacks(POOL_COMPONENT_INSTANCES)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
-        .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT)
-        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT)
-        .async_stack_keep_resident(POOL_TABLE_KEEP_RESIDENT)
-        .pagemap_scan(Enabled::Auto);
-    pool
 }
 
 /// Starts the engine's epoch ticker: one thread per engine, never one per

@@ -1,6 +1,10 @@
 //! Loading a component file: checks, compilation (through the compile cache)
 //! and the inventory of what it imports and exports.
 
+mod resources;
+
+pub use resources::ComponentNeeds;
+
 use crate::cache::CompileCache;
 use crate::config::Lane;
 use std::path::{Path, PathBuf};
@@ -75,6 +79,15 @@ pub enum LoadError {
         path: PathBuf,
         /// What the section holds.
         found: String,
+    },
+    /// An instance would need more than the host allows (memory, core
+    /// instances, tables).
+    #[error("{path}: {reason}")]
+    OverLimit {
+        /// The file named by the user.
+        path: PathBuf,
+        /// What it needs, the limit, and how to raise it if one can.
+        reason: String,
     },
     /// The component needs an import the host does not provide.
     #[error("{path}: cannot be linked: {reason}")]
@@ -158,6 +171,8 @@ pub struct ComponentFile {
     /// Whether it exports the WASIp3 HTTP handler (and so needs an engine
     /// with component-model concurrency).
     pub wasip3: bool,
+    /// What one instance takes from the instance allocator.
+    pub needs: ComponentNeeds,
 }
 
 /// Reads `path` and checks that it is a component; finds its lane marker.
@@ -190,7 +205,20 @@ pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
         bytes,
         lane_marker,
         wasip3: scan.wasip3,
+        needs: scan.needs,
     })
+}
+
+/// [`read`], then checks that an instance fits the host's caps with
+/// `max_memory` bytes per memory: every check that needs no compiling, the
+/// same for `fnhost check`, `fnhost serve` and each worker.
+pub fn read_checked(path: &Path, max_memory: u64) -> Result<ComponentFile, LoadError> {
+    let file = read(path)?;
+    crate::engine::check_needs(&file.needs, max_memory).map_err(|reason| LoadError::OverLimit {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(file)
 }
 
 /// Compiles `file` (or loads it from the cache) and takes its inventory.
@@ -287,17 +315,26 @@ struct Scan {
     lane_marker: Result<Option<Lane>, String>,
     /// Whether some component export is `wasi:http/handler@0.3.x`.
     wasip3: bool,
+    /// What one instance needs from the instance allocator (the defaults
+    /// when the file does not parse: wasmtime then says what is wrong).
+    needs: ComponentNeeds,
 }
 
 /// Looks through the component and the core modules inside it for the lane
-/// marker section, and through its exports for the WASIp3 handler. Parse
-/// errors end the scan early and are left for wasmtime to report.
+/// marker section, through its exports for the WASIp3 handler, and adds up
+/// what an instance needs. Parse errors end the scan early and are left for
+/// wasmtime to report.
 fn scan(bytes: &[u8]) -> Scan {
     let mut found = Scan {
         lane_marker: Ok(None),
         wasip3: false,
+        needs: ComponentNeeds::default(),
     };
+    let mut needs = resources::NeedsCounter::default();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let Ok(payload) = &payload {
+            needs.observe(payload);
+        }
         match payload {
             Ok(wasmparser::Payload::CustomSection(section))
                 if section.name() == LANE_SECTION && matches!(found.lane_marker, Ok(None)) =>
@@ -318,6 +355,7 @@ fn scan(bytes: &[u8]) -> Scan {
             Err(_) => break,
         }
     }
+    found.needs = needs.finish().unwrap_or_default();
     found
 }
 

@@ -1,0 +1,149 @@
+"""The WASIp2 adapter: `wasi:http/incoming-handler@0.2` and fnhost's queue
+handler, over the bindings componentize-py generates (`wit_world`). It is
+imported only inside a component; everything it does is turn WIT values
+into the SDK's objects and back."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+from componentize_py_types import Err, Ok
+from wit_world import exports
+from wit_world.imports import streams
+from wit_world.imports import types as http
+
+from ._app import FunctionApp
+from ._http import HttpRequest, HttpResponse
+from ._queue import QueueMessage
+
+# `blocking-write-and-flush` takes at most 4096 bytes a call (wasi:io).
+_WRITE_CHUNK = 4096
+_READ_CHUNK = 64 * 1024
+
+_app: Optional[FunctionApp] = None
+
+_METHODS = {
+    http.Method_Get: "GET",
+    http.Method_Head: "HEAD",
+    http.Method_Post: "POST",
+    http.Method_Put: "PUT",
+    http.Method_Delete: "DELETE",
+    http.Method_Connect: "CONNECT",
+    http.Method_Options: "OPTIONS",
+    http.Method_Trace: "TRACE",
+    http.Method_Patch: "PATCH",
+}
+
+
+def bind(app: FunctionApp) -> None:
+    """Makes `app` the one the exports call."""
+    global _app
+    _app = app
+
+
+def _method(method: http.Method) -> str:
+    if isinstance(method, http.Method_Other):
+        return method.value
+    return _METHODS[type(method)]
+
+
+def _scheme(scheme: Optional[http.Scheme]) -> str:
+    if isinstance(scheme, http.Scheme_Https):
+        return "https"
+    if isinstance(scheme, http.Scheme_Other):
+        return scheme.value
+    return "http"
+
+
+def _read_body(request: http.IncomingRequest) -> bytes:
+    body = request.consume()
+    chunks = []
+    with body.stream() as stream:
+        while True:
+            try:
+                chunks.append(stream.blocking_read(_READ_CHUNK))
+            except Err as error:
+                if isinstance(error.value, streams.StreamError_Closed):
+                    break
+                raise
+    with http.IncomingBody.finish(body):
+        pass
+    return b"".join(chunks)
+
+
+def _request(request: http.IncomingRequest) -> HttpRequest:
+    path = request.path_with_query() or "/"
+    authority = request.authority() or "localhost"
+    with request.headers() as fields:
+        headers = fields.entries()
+    return HttpRequest(
+        method=_method(request.method()),
+        url=f"{_scheme(request.scheme())}://{authority}{path}",
+        headers=headers,
+        body=_read_body(request),
+    )
+
+
+def _fields(response: HttpResponse) -> http.Fields:
+    body = response.get_body()
+    entries = [
+        (name, value.encode("latin-1"))
+        for name, value in response.headers.items()
+        if name.lower() != "content-length"
+    ]
+    entries.append(("content-length", str(len(body)).encode()))
+    return http.Fields.from_list(entries)
+
+
+def _send(response: HttpResponse, response_out: http.ResponseOutparam) -> None:
+    try:
+        fields = _fields(response)
+    except Err:
+        print(f"invalid response headers: {response.headers!r}", file=sys.stderr)
+        response = HttpResponse("internal server error\n", status_code=500)
+        fields = _fields(response)
+    outgoing = http.OutgoingResponse(fields)
+    outgoing.set_status_code(response.status_code)
+    body = outgoing.body()
+    http.ResponseOutparam.set(response_out, Ok(outgoing))
+    data = response.get_body()
+    with body.write() as stream:
+        for start in range(0, len(data), _WRITE_CHUNK):
+            stream.blocking_write_and_flush(data[start : start + _WRITE_CHUNK])
+    http.OutgoingBody.finish(body, None)
+
+
+if hasattr(exports, "IncomingHandler"):
+
+    class IncomingHandler(exports.IncomingHandler):
+        """`wasi:http/incoming-handler@0.2`: one request, one response."""
+
+        def handle(self, request: http.IncomingRequest, response_out: http.ResponseOutparam) -> None:
+            assert _app is not None, "fnhost: no app bound"
+            _send(_app.handle(_request(request)), response_out)
+
+
+if hasattr(exports, "QueueHandler"):
+    from wit_world.exports import queue_handler
+
+    class QueueHandler(exports.QueueHandler):
+        """`fnhost:function/queue-handler@0.2`: one delivery of a message."""
+
+        def handle(self, message: queue_handler.Message) -> None:
+            assert _app is not None, "fnhost: no app bound"
+            try:
+                _app.handle_queue(
+                    QueueMessage(
+                        id=message.id,
+                        body=message.body,
+                        dequeue_count=message.dequeue_count,
+                        insertion_time=message.enqueued_at / 1000,
+                        attributes=dict(message.attributes),
+                    )
+                )
+            except Exception as error:
+                print(f"queue message {message.id} failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+                raise Err(f"{type(error).__name__}: {error}")

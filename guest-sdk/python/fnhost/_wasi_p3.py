@@ -1,0 +1,157 @@
+"""The WASIp3 adapter: `wasi:http/handler@0.3` (component-model async), over
+the bindings componentize-py generates (`wit_world`). Imported only inside
+a component. Each call is a task on the instance's event loop, so several
+requests share one interpreter, as `async def` functions share Azure's
+event loop."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import componentize_py_async_support
+import wit_world
+from componentize_py_types import Ok
+from wit_world import exports
+from wit_world.imports import wasi_http_types as http
+
+# Imported here, at build time, though only `fnhost.aio` uses them:
+# componentize-py keeps just the bindings the app imports while it is
+# pre-initialised, so a lazy import would find nothing at run time.
+from wit_world.imports import client, monotonic_clock  # noqa: F401
+
+from ._app import FunctionApp
+from ._http import HttpRequest, HttpResponse
+
+_READ_CHUNK = 64 * 1024
+
+_app: Optional[FunctionApp] = None
+
+_METHODS = {
+    http.Method_Get: "GET",
+    http.Method_Head: "HEAD",
+    http.Method_Post: "POST",
+    http.Method_Put: "PUT",
+    http.Method_Delete: "DELETE",
+    http.Method_Connect: "CONNECT",
+    http.Method_Options: "OPTIONS",
+    http.Method_Trace: "TRACE",
+    http.Method_Patch: "PATCH",
+}
+
+
+def bind(app: FunctionApp) -> None:
+    """Makes `app` the one the export calls."""
+    global _app
+    _app = app
+
+
+def method_name(method: http.Method) -> str:
+    """A WIT method as its HTTP name."""
+    if isinstance(method, http.Method_Other):
+        return method.value
+    return _METHODS[type(method)]
+
+
+def method_value(name: str) -> http.Method:
+    """An HTTP method name as its WIT value."""
+    for kind, known in _METHODS.items():
+        if known == name.upper():
+            return kind()
+    return http.Method_Other(name)
+
+
+def _scheme(scheme: Optional[http.Scheme]) -> str:
+    if isinstance(scheme, http.Scheme_Https):
+        return "https"
+    if isinstance(scheme, http.Scheme_Other):
+        return scheme.value
+    return "http"
+
+
+async def read_all(stream) -> bytes:
+    """Reads a `stream<u8>` to its end."""
+    chunks = []
+    with stream:
+        while not stream.writer_dropped:
+            chunk = await stream.read(_READ_CHUNK)
+            if chunk:
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_and_trailers(data: bytes):
+    """A `stream<u8>` that will carry `data` and a trailers future that will
+    say "none": the readable ends, and the coroutine that writes them (to be
+    spawned, since the caller reads them only after it has the message)."""
+    writer, reader = wit_world.byte_stream()
+    trailers_writer, trailers_reader = (
+        wit_world.result_option_wasi_http_types_fields_wasi_http_types_error_code_future(
+            lambda: Ok(None)
+        )
+    )
+
+    async def write() -> None:
+        with writer:
+            await writer.write_all(data)
+        await trailers_writer.write(Ok(None))
+
+    return reader, trailers_reader, write()
+
+
+async def consume_request_body(request: http.Request) -> bytes:
+    """The whole body of an incoming request."""
+    done_writer, done_reader = wit_world.result_unit_wasi_http_types_error_code_future(
+        lambda: Ok(None)
+    )
+    stream, trailers = http.Request.consume_body(request, done_reader)
+    body = await read_all(stream)
+    trailers.__exit__(None, None, None)
+    await done_writer.write(Ok(None))
+    return body
+
+
+async def consume_response_body(response: http.Response) -> bytes:
+    """The whole body of a response to an outbound request."""
+    done_writer, done_reader = wit_world.result_unit_wasi_http_types_error_code_future(
+        lambda: Ok(None)
+    )
+    stream, trailers = http.Response.consume_body(response, done_reader)
+    body = await read_all(stream)
+    trailers.__exit__(None, None, None)
+    await done_writer.write(Ok(None))
+    return body
+
+
+def _response(response: HttpResponse) -> http.Response:
+    body = response.get_body()
+    entries = [
+        (name, value.encode("latin-1"))
+        for name, value in response.headers.items()
+        if name.lower() != "content-length"
+    ]
+    entries.append(("content-length", str(len(body)).encode()))
+    reader, trailers, write = body_and_trailers(body)
+    outgoing, _sent = http.Response.new(http.Fields.from_list(entries), reader, trailers)
+    outgoing.set_status_code(response.status_code)
+    componentize_py_async_support.spawn(write)
+    return outgoing
+
+
+if hasattr(exports, "Handler"):
+
+    class Handler(exports.Handler):
+        """`wasi:http/handler@0.3`: one task per request on the instance's loop."""
+
+        async def handle(self, request: http.Request) -> http.Response:
+            assert _app is not None, "fnhost: no app bound"
+            path = request.get_path_with_query() or "/"
+            authority = request.get_authority() or "localhost"
+            with request.get_headers() as fields:
+                headers = fields.copy_all()
+            incoming = HttpRequest(
+                method=method_name(request.get_method()),
+                url=f"{_scheme(request.get_scheme())}://{authority}{path}",
+                headers=headers,
+                body=await consume_request_body(request),
+            )
+            return _response(await _app.handle_async(incoming))

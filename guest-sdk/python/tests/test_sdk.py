@@ -1,0 +1,202 @@
+"""Unit tests of the SDK's pure-Python core: routing, requests, responses,
+the app's dispatch, and the builder's decisions. They run on this
+machine's CPython in a second; the adapters are tested end to end through
+the real host (tests/e2e/python.rs)."""
+
+import asyncio
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+
+import fnhost as func
+from fnhost import build
+from fnhost._routing import RouteTemplate
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def request(method: str, url: str, body: bytes = b"", headers=()) -> func.HttpRequest:
+    return func.HttpRequest(method, url, headers=headers, body=body)
+
+
+def test_route_templates_match_literals_parameters_optional_and_rest():
+    assert RouteTemplate("hello").match("/hello") == {}
+    assert RouteTemplate("hello").match("/HELLO/") == {}
+    assert RouteTemplate("hello").match("/hello/there") is None
+    assert RouteTemplate("products/{category}/{id}").match("/products/tea/7") == {
+        "category": "tea",
+        "id": "7",
+    }
+    assert RouteTemplate("products/{id?}").match("/products") == {}
+    assert RouteTemplate("products/{id?}").match("/products/3") == {"id": "3"}
+    assert RouteTemplate("files/{*path}").match("/files/a/b/c.txt") == {"path": "a/b/c.txt"}
+    assert RouteTemplate("").match("/") == {}
+
+
+@pytest.mark.parametrize("template", ["a/{*rest}/b", "{x?}/y", "a{b}", "{not-a-name}"])
+def test_bad_route_templates_are_refused_when_registered(template):
+    with pytest.raises(ValueError):
+        RouteTemplate(template)
+
+
+def test_request_exposes_method_url_params_headers_and_body():
+    req = request(
+        "post",
+        "http://localhost/echo?name=you&empty=",
+        body=b'{"a": 1}',
+        headers=[("Content-Type", b"application/json"), ("X-Many", b"1"), ("x-many", b"2")],
+    )
+    assert req.method == "POST"
+    assert req.path == "/echo"
+    assert req.params == {"name": "you", "empty": ""}
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["X-MANY"] == "1, 2"
+    assert req.get_json() == {"a": 1}
+    with pytest.raises(ValueError):
+        request("GET", "http://h/", body=b"not json").get_json()
+
+
+def test_returned_values_become_responses():
+    app = func.FunctionApp()
+
+    @app.route("text")
+    def text(req):
+        return "hi"
+
+    @app.route("data")
+    def data(req):
+        return {"ok": True}
+
+    @app.route("raw")
+    def raw(req):
+        return b"\x00\x01"
+
+    @app.route("nothing")
+    def nothing(req):
+        return None
+
+    @app.route("created")
+    def created(req):
+        return "made", 201
+
+    def get(path):
+        return app.handle(request("GET", f"http://h{path}"))
+
+    assert (get("/text").status_code, get("/text").get_body()) == (200, b"hi")
+    assert get("/text").headers["content-type"] == "text/plain; charset=utf-8"
+    assert json.loads(get("/data").get_body()) == {"ok": True}
+    assert get("/data").headers["content-type"] == "application/json; charset=utf-8"
+    assert get("/raw").headers["content-type"] == "application/octet-stream"
+    assert get("/nothing").status_code == 204
+    assert get("/created").status_code == 201
+
+
+def test_unknown_paths_are_404_and_wrong_methods_405():
+    app = func.FunctionApp()
+
+    @app.route("only-post", methods=["POST"])
+    def only_post(req):
+        return "posted"
+
+    assert app.handle(request("GET", "http://h/nowhere")).status_code == 404
+    assert app.handle(request("GET", "http://h/only-post")).status_code == 405
+    assert app.handle(request("POST", "http://h/only-post")).get_body() == b"posted"
+
+
+def test_an_exception_is_a_plain_500_and_its_traceback_goes_to_stderr(capsys):
+    app = func.FunctionApp()
+
+    @app.route("boom")
+    def boom(req):
+        raise RuntimeError("secret detail")
+
+    response = app.handle(request("GET", "http://h/boom"))
+    assert response.status_code == 500
+    assert b"secret" not in response.get_body()
+    assert "secret detail" in capsys.readouterr().err
+
+
+def test_route_params_and_the_route_prefix():
+    app = func.FunctionApp(route_prefix="api")
+
+    @app.route("items/{id}")
+    def item(req):
+        return req.route_params["id"]
+
+    assert app.handle(request("GET", "http://h/api/items/42")).get_body() == b"42"
+    assert app.handle(request("GET", "http://h/items/42")).status_code == 404
+
+
+def test_async_functions_run_through_handle_async_and_decide_the_lane():
+    app = func.FunctionApp()
+
+    @app.route("sync")
+    def plain(req):
+        return "plain"
+
+    assert not app.is_async
+    assert build.plan_for(app) == build.Plan(wasip3=False, http=True, queue=False)
+
+    @app.route("async")
+    async def awaited(req):
+        await asyncio.sleep(0)
+        return "awaited"
+
+    assert app.is_async
+    assert build.plan_for(app).wasip3
+    run = asyncio.run
+    assert run(app.handle_async(request("GET", "http://h/async"))).get_body() == b"awaited"
+    assert run(app.handle_async(request("GET", "http://h/sync"))).get_body() == b"plain"
+    assert app.handle(request("GET", "http://h/async")).status_code == 500
+
+
+def test_one_queue_trigger_a_plain_def():
+    app = func.FunctionApp()
+    seen = []
+
+    @app.queue_trigger(arg_name="msg", queue_name="jobs")
+    def work(msg: func.QueueMessage):
+        seen.append((msg.id, msg.get_json(), msg.dequeue_count))
+
+    app.handle_queue(func.QueueMessage("m1", b'{"n": 1}', dequeue_count=2))
+    assert seen == [("m1", {"n": 1}, 2)]
+    assert build.plan_for(app) == build.Plan(wasip3=False, http=False, queue=True)
+    with pytest.raises(ValueError):
+        app.queue_trigger()(lambda msg: None)
+
+
+def test_an_async_queue_trigger_is_refused():
+    app = func.FunctionApp()
+    with pytest.raises(TypeError):
+
+        @app.queue_trigger()
+        async def work(msg):
+            pass
+
+
+def test_an_app_without_functions_does_not_build():
+    with pytest.raises(build.BuildError):
+        build.plan_for(func.FunctionApp())
+
+
+def test_worlds_name_the_exports_the_host_serves():
+    assert "include wasi:http/proxy@0.2.12;" in build.Plan(False, True, False).world()
+    assert "include wasi:http/service@0.3.0;" in build.Plan(True, True, True).world()
+    assert "export fnhost:function/queue-handler@0.2.0;" in build.Plan(False, True, True).world()
+
+
+def test_the_lane_marker_is_a_well_formed_custom_section():
+    section = build.custom_section("fnhost:lane", b"sync")
+    assert section[0] == 0
+    assert section[1] == len(section) - 2
+    assert section[2] == len("fnhost:lane")
+    assert section.endswith(b"fnhost:lane" + b"sync")
+
+
+def test_the_packaged_queue_wit_is_the_repository_contract():
+    assert filecmp.cmp(
+        REPO / "wit" / "queue.wit", REPO / "guest-sdk" / "python" / "fnhost" / "wit" / "queue.wit",
+        shallow=False,
+    )

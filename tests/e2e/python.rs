@@ -1,0 +1,247 @@
+//! Python components, built by componentize-py: the SDK's apps (a `def`
+//! app in the sync lane, an `async def` app in the async lane, a queue
+//! trigger) and handlers written without the SDK, all through the real host.
+
+use crate::support::{Server, client, invocation_id, python_component, run_fnhost, temp_dir};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A Python component's first start compiles 20 MB of wasm in a debug host.
+const PYTHON_START: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_def_app_serves_its_routes_in_the_sync_lane() {
+    let server = Server::start(&python_component("hello"), &[]);
+    server.wait_for_log("sync lane (from the component's marker)", PYTHON_START);
+    let http = client();
+
+    let hello = http.get(server.url("/hello?name=python")).send().unwrap();
+    assert_eq!(hello.status(), 200);
+    invocation_id(&hello);
+    assert_eq!(hello.text().unwrap(), "hello, python\n");
+
+    let item: serde_json::Value = http
+        .get(server.url("/items/42"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(item, serde_json::json!({"id": "42", "method": "GET"}));
+
+    let echo = http
+        .post(server.url("/echo"))
+        .body(r#"{"n": [1, 2]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(echo.status(), 200);
+    assert_eq!(echo.headers()["x-echo"], "yes");
+    assert!(
+        echo.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let echoed: serde_json::Value = echo.json().unwrap();
+    assert_eq!(echoed["you_sent"], serde_json::json!({"n": [1, 2]}));
+
+    let bad = http.post(server.url("/echo")).body("nope").send().unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        http.get(server.url("/nowhere")).send().unwrap().status(),
+        404
+    );
+    assert_eq!(
+        http.post(server.url("/items/1")).send().unwrap().status(),
+        405
+    );
+
+    // An exception: a plain 500 for the client, the traceback in the log
+    // under the invocation id.
+    let failed = http.get(server.url("/fail")).send().unwrap();
+    assert_eq!(failed.status(), 500);
+    let id = invocation_id(&failed);
+    let body = failed.text().unwrap();
+    assert!(
+        !body.contains("on purpose") && !body.contains("Traceback"),
+        "{body}"
+    );
+    server.wait_for_log(
+        &format!("[{id}] RuntimeError: this function fails on purpose"),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn check_and_serve_agree_on_python_components() {
+    for (name, lane) in [
+        ("hello", "sync"),
+        ("fanout", "async"),
+        ("raw-p2", "async"),
+        ("raw-p3", "async"),
+    ] {
+        let wasm = python_component(name);
+        let (code, stdout, stderr) = run_fnhost(&["check", wasm.to_str().unwrap()]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert!(
+            stdout.contains(&format!("lane:      {lane}")),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn handlers_written_without_the_sdk_run_unmodified() {
+    let p2 = Server::start(&python_component("raw-p2"), &[]);
+    let response = client().get(p2.url("/")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "hello from python\n");
+
+    let p3 = Server::start(&python_component("raw-p3"), &[]);
+    p3.wait_for_log("WASIp3 components always run in it", PYTHON_START);
+    let response = client().get(p3.url("/?ms=20")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().unwrap(),
+        "hello from async python after 20 ms\n"
+    );
+}
+
+/// An upstream that answers every request after `delay`, one thread per connection.
+fn slow_upstream(delay: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_async_def_app_awaits_timers_and_fans_out_concurrently() {
+    let upstream = slow_upstream(Duration::from_millis(500));
+    let server = Server::start(
+        &python_component("fanout"),
+        &[
+            "--env",
+            &format!("FANOUT_URL=http://{upstream}/"),
+            "--allow-outbound",
+            &format!("http://{upstream}"),
+        ],
+    );
+    server.wait_for_log("WASIp3 components always run in it", PYTHON_START);
+    let http = client();
+
+    let slept = http.get(server.url("/sleep?ms=50")).send().unwrap();
+    assert_eq!(slept.status(), 200);
+    assert_eq!(slept.text().unwrap(), "slept 50 ms\n");
+
+    let started = Instant::now();
+    let fanout = http.get(server.url("/fanout?n=5")).send().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(fanout.status(), 200);
+    let body: serde_json::Value = fanout.json().unwrap();
+    assert_eq!(
+        body["statuses"],
+        serde_json::json!([200, 200, 200, 200, 200])
+    );
+    // Five 500 ms requests one after another would take 2.5 s.
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(2000),
+        "fanout of five 500 ms requests took {elapsed:?}"
+    );
+
+    // Outbound requests stay denied unless allowed.
+    let denied = Server::start(
+        &python_component("fanout"),
+        &["--env", &format!("FANOUT_URL=http://{upstream}/")],
+    );
+    let refused = http.get(denied.url("/fanout?n=1")).send().unwrap();
+    assert_eq!(refused.status(), 500);
+}
+
+#[test]
+fn a_python_queue_trigger_handles_messages_and_fails_bad_ones() {
+    let data = temp_dir("python-queue-data");
+    let data_dir = data.to_str().unwrap();
+    let server = Server::start(
+        &python_component("queue"),
+        &[
+            "--queue",
+            "jobs",
+            "--data-dir",
+            data_dir,
+            "--max-dequeue-count",
+            "2",
+        ],
+    );
+    let send = |body: &str| {
+        let (code, stdout, stderr) =
+            run_fnhost(&["queue", "send", "jobs", body, "--data-dir", data_dir]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout.trim().to_string()
+    };
+    let good = send(r#"{"n": 1}"#);
+    server.wait_for_log(
+        &format!("handled {good} (delivery 1)"),
+        Duration::from_secs(20),
+    );
+    let bad = send(r#"{"fail": true}"#);
+    server.wait_for_log(&format!("job {bad} asks to fail"), Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, stats, _) = run_fnhost(&["queue", "stats", "jobs", "--data-dir", data_dir]);
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        if stats["poison"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not poisoned: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        client()
+            .get(server.url("/health"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "ok\n"
+    );
+}
+
+#[test]
+fn a_python_component_over_max_memory_is_refused_before_any_port_opens() {
+    let wasm = python_component("hello");
+    let (code, _stdout, stderr) = run_fnhost(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "1MiB",
+        wasm.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(wasm.to_str().unwrap()), "{stderr}");
+    assert!(lines[0].contains("--max-memory 1MiB"), "{stderr}");
+    let (code, _, stderr) = run_fnhost(&["check", "--max-memory", "1MiB", wasm.to_str().unwrap()]);
+    assert_eq!(code, 2, "check agrees: {stderr}");
+}
