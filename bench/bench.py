@@ -39,6 +39,34 @@ WASMTIME_VERSION = "48.0.8"
 HOST_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 EXAMPLES_TARGET = Path(os.environ.get("FNHOST_EXAMPLES_TARGET_DIR") or ROOT / "examples" / "target")
 EXAMPLES = EXAMPLES_TARGET / "wasm32-wasip2" / "release"
+# Python guests (componentize-py): bench name -> examples/python folder.
+# `py-hello` and `py-async` are SDK apps (a `def` app, sync lane; an
+# `async def` app, WASIp3); `py-raw` is a handler written without the SDK
+# (no lane marker), as a user would write it for `wasmtime serve`.
+PYTHON_GUESTS = {"py-hello": "hello", "py-async": "fanout", "py-raw": "raw-p2"}
+PYTHON_P3_GUESTS = {"py-async"}
+PYTHON_COMPONENTS = Path(os.environ.get("FNHOST_PYTHON_BUILD_DIR") or ROOT / "bench" / ".cache" / "python")
+
+
+def guest_wasm(guest):
+    """The component file of a bench guest."""
+    if guest in PYTHON_GUESTS:
+        return PYTHON_COMPONENTS / f"{guest}.wasm"
+    return EXAMPLES / f"{guest}.wasm"
+
+
+def build_python_guests():
+    """Builds the Python guests with componentize-py (about 15 s each)."""
+    PYTHON_COMPONENTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "guest-sdk" / "python"))
+    for guest, folder in PYTHON_GUESTS.items():
+        source = ROOT / "examples" / "python" / folder
+        out = str(guest_wasm(guest))
+        if folder.startswith("raw-"):
+            run(["componentize-py", "-d", "wit", "-w", "app", "componentize", "app", "-o", out],
+                cwd=source)
+        else:
+            run([sys.executable, "-m", "fnhost.build", str(source / "app.py"), "-o", out], env=env)
 
 # Little's law bound of the io scenario: 500 connections / 50 ms each.
 IO_CONNECTIONS = 500
@@ -216,7 +244,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
             argv += ["--threads", str(extra["threads"])]
         if "queue" in extra:
             argv += ["--queue", extra["queue"], "--data-dir", extra["data_dir"]]
-        return [*argv, str(EXAMPLES / f"{guest}.wasm")]
+        return [*argv, str(guest_wasm(guest))]
 
     def fnhost_async_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, mode="async")
@@ -228,6 +256,10 @@ def server_kinds(fnhost, native, wasmtime, quick):
         return lambda guest, port, extra: fnhost_argv(guest, port, extra, workers=workers)
 
     def wasm_path(guest, ready):
+        if guest == "py-hello":
+            return "/hello"
+        if guest == "py-async":
+            return "/sleep?ms=1" if ready else "/sleep"
         return "/?ms=0" if guest == "hog" else ("/?ms=1" if guest == "sleep" and ready else "/")
 
     def native_path(guest, ready):
@@ -260,13 +292,19 @@ def server_kinds(fnhost, native, wasmtime, quick):
                    only={"hello-pinned", "hello", "cpu"}),
     ]
 
+    def wasmtime_features(guest):
+        # WASIp3 guests need wasmtime's p3 support and component-model async.
+        if guest in PYTHON_P3_GUESTS:
+            return ["-S", "cli,p3", "-W", "component-model-async"]
+        return ["-S", "cli"]
+
     def wasmtime_default(guest, port, extra):
-        return [wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
-                str(EXAMPLES / f"{guest}.wasm")]
+        return [wasmtime, "serve", *wasmtime_features(guest), "--addr", f"127.0.0.1:{port}",
+                str(guest_wasm(guest))]
 
     def wasmtime_tuned(guest, port, extra):
-        return [wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
-                *WASMTIME_TUNED_FLAGS, str(EXAMPLES / f"{guest}.wasm")]
+        return [wasmtime, "serve", *wasmtime_features(guest), "--addr", f"127.0.0.1:{port}",
+                *WASMTIME_TUNED_FLAGS, str(guest_wasm(guest))]
 
     def native_argv(guest, port, extra):
         return [str(native), f"127.0.0.1:{port}"]
@@ -275,7 +313,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
     kinds += [
         ServerKind("wasmtime-default", wasmtime_default, wasm_path, only=others),
         ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path, only=others),
-        ServerKind("native", native_argv, native_path, only=others),
+        ServerKind("native", native_argv, native_path, only=others - PYTHON_SCENARIOS),
     ]
     return kinds
 
@@ -511,6 +549,33 @@ def scenario_queue(kind, d, backend):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+PYTHON_CONNECTIONS = 8
+
+
+def scenario_python_hello(kind, d, guest):
+    """A Python hello, `wrk -t1 -c8`: what a CPython instance costs."""
+    server = kind.start(guest)
+    try:
+        result = wrk(server.url(kind.path(guest)), PYTHON_CONNECTIONS, d["load_s"])
+        result["peak_rss_mib"] = (server.peak_rss_kib() or 0) / 1024
+        return result
+    finally:
+        server.stop()
+
+
+def scenario_python_io(kind, d):
+    """An `async def` awaiting 50 ms at 500 connections."""
+    server = kind.start("py-async")
+    try:
+        result = wrk(server.url(f"/sleep?ms={IO_WAIT_MS}"), IO_CONNECTIONS, d["load_s"], threads=2)
+        result["little_fraction"] = result["rps"] / IO_LIMIT
+        return result
+    finally:
+        server.stop()
+
+
+PYTHON_SCENARIOS = {"python-hello", "python-raw-hello", "python-io"}
+
 SCENARIOS = {
     "hello-pinned": lambda kind, d: scenario_hello(kind, d, pinned=True),
     "hello": lambda kind, d: scenario_hello(kind, d, pinned=False),
@@ -523,6 +588,9 @@ SCENARIOS = {
     "cold-start-warm-cache": lambda kind, d: scenario_cold_start(kind, d, warm=True),
     "queue-embedded": lambda kind, d: scenario_queue(kind, d, "embedded"),
     "queue-redis": lambda kind, d: scenario_queue(kind, d, "redis"),
+    "python-hello": lambda kind, d: scenario_python_hello(kind, d, "py-hello"),
+    "python-raw-hello": lambda kind, d: scenario_python_hello(kind, d, "py-raw"),
+    "python-io": scenario_python_io,
 }
 
 DESCRIPTIONS = {
@@ -541,6 +609,11 @@ DESCRIPTIONS = {
     "queue-embedded": "queue_worker (prints one line per message) draining a preloaded backlog "
                       "from the embedded SQLite queue, default batch settings",
     "queue-redis": "queue_worker draining a preloaded backlog from a local Redis stream",
+    "python-hello": "Python SDK hello (`def`, examples/python/hello), `wrk -t1 -c8`",
+    "python-raw-hello": "Python hello without the SDK (examples/python/raw-p2, no lane marker), "
+                        "`wrk -t1 -c8`",
+    "python-io": f"Python `async def` awaiting {IO_WAIT_MS} ms (examples/python/fanout, WASIp3), "
+                 f"`wrk -t2 -c{IO_CONNECTIONS}`; Little's limit {IO_LIMIT:.0f} req/s",
 }
 
 
@@ -664,8 +737,10 @@ def main():
                         help="one short round against fnhost alone, debug build (smoke check)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=None,
+                        help="comma-separated subset of: " + ", ".join(SCENARIOS)
+                             + " (default: all; with --quick, all but the Python ones, which need "
+                               "componentize-py and about a minute of component builds)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
@@ -674,6 +749,9 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2
+    if args.scenarios is None:
+        args.scenarios = ",".join(s for s in SCENARIOS
+                                  if not (args.quick and s in PYTHON_SCENARIOS))
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -686,6 +764,8 @@ def main():
     wants_wasmtime = not args.quick and (args.servers is None or "wasmtime" in args.servers)
     wasmtime = ensure_wasmtime() if wants_wasmtime else None
     fnhost, native = build("dev" if args.quick else "release", host=not args.no_build)
+    if PYTHON_SCENARIOS & set(scenarios):
+        build_python_guests()
     kinds = server_kinds(fnhost, native, wasmtime, args.quick)
     if args.servers:
         chosen = args.servers.split(",")

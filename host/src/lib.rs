@@ -153,7 +153,7 @@ impl HostBuilder {
             concurrency: wasip3,
         })
         .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        if lane == Lane::Sync {
+        if lane == Lane::Sync || wasip3 {
             engine::start_epoch_ticker(&engine);
         }
         let cache =

@@ -9,6 +9,7 @@
 //! | `fnhost_instances` | gauge | |
 //! | `fnhost_workers` | gauge (ready workers) | |
 //! | `fnhost_worker_restarts_total` | counter | |
+//! | `fnhost_async_stalls_total` | counter (WASIp3 instances whose guest held its event loop 10 ms; see `exec/stall.rs`) | |
 //! | `fnhost_queue_length` | gauge (messages, in flight included) | queue |
 //! | `fnhost_queue_oldest_age_seconds` | gauge | queue |
 //! | `fnhost_queue_in_flight` | gauge | queue |
@@ -65,6 +66,9 @@ pub struct Metrics {
     pub workers: Gauge,
     /// Worker processes started to replace one that failed or was recycled.
     pub worker_restarts: Counter,
+    /// WASIp3 instances whose guest held its event loop past the stall
+    /// threshold (their new calls went to other instances).
+    pub async_stalls: Counter,
     /// Workers the scale controller asks for.
     pub scale_target: Gauge,
     queue_length: Family<QueueLabels, Gauge>,
@@ -113,6 +117,12 @@ impl Default for Metrics {
             "Worker processes started to replace one that exited",
             worker_restarts.clone(),
         );
+        let async_stalls = Counter::default();
+        registry.register(
+            "async_stalls",
+            "WASIp3 instances whose guest ran 10 ms without handing control back to its event loop",
+            async_stalls.clone(),
+        );
         let scale_target = Gauge::default();
         registry.register(
             "scale_target_workers",
@@ -152,6 +162,7 @@ impl Default for Metrics {
             instances,
             workers,
             worker_restarts,
+            async_stalls,
             scale_target,
             queue_length,
             queue_oldest_age,

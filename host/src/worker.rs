@@ -195,7 +195,12 @@ async fn serve(
         loop {
             ticker.tick().await;
             let instances = crate::exec::live_instances();
-            if stats.send(ToSupervisor::Stats { instances }).is_err() {
+            let async_stalls = crate::exec::async_stalls();
+            let message = ToSupervisor::Stats {
+                instances,
+                async_stalls,
+            };
+            if stats.send(message).is_err() {
                 return;
             }
         }

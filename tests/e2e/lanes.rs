@@ -1,7 +1,7 @@
 //! The execution lanes: fairness in the async lane, the sync lane's thread
 //! pool and queue, limits in both lanes, concurrent I/O.
 
-use crate::support::{Server, client, example, invocation_id};
+use crate::support::{Server, client, example, invocation_id, light_requests, quantile};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Barrier};
@@ -40,29 +40,6 @@ fn the_lane_comes_from_the_marker_unless_mode_overrides_it() {
     let forced = Server::start(&example("hello"), &["--mode", "async"]);
     forced.wait_for_log("async lane (from --mode)", Duration::from_secs(5));
     assert_eq!(client().get(forced.url("/")).send().unwrap().status(), 200);
-}
-
-/// The `q`-quantile of `sorted` latencies (nearest rank).
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    assert!(!sorted.is_empty(), "no latencies");
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-/// Sends light requests one after another until `done` returns true or
-/// `limit` has passed; returns their latencies, sorted.
-fn light_requests(url: &str, limit: Duration, done: impl Fn() -> bool) -> Vec<Duration> {
-    let http = client();
-    let mut latencies = Vec::new();
-    let window = Instant::now();
-    while window.elapsed() < limit && !done() {
-        let sent = Instant::now();
-        let response = http.get(url).send().unwrap();
-        assert_eq!(response.status(), 200);
-        latencies.push(sent.elapsed());
-    }
-    latencies.sort();
-    latencies
 }
 
 /// Two guests spin 3 s without ever waiting, on this 2-core machine, while
@@ -108,6 +85,7 @@ fn spinning_guests_in_the_async_lane_do_not_starve_light_requests() {
         during.len(),
         baseline.len()
     );
+    eprintln!("{summary}");
     assert!(during.len() >= 20, "too little progress: {summary}");
     assert!(
         p90 < Duration::from_millis(250).max(baseline_p90 * 20),
@@ -148,8 +126,10 @@ fn a_full_sync_queue_answers_503_with_retry_after() {
         &["--mode", "sync", "--threads", "1", "--queue-depth", "1"],
     );
     // Of three calls at once, one runs, one waits and one finds the queue
-    // full, in whatever order they arrive (each runs 2 s, far longer than
-    // the three take to arrive).
+    // full (each runs 2 s, far longer than the three take to arrive). On a
+    // loaded machine the thread may not have taken the first call off the
+    // queue when the others arrive, and then two are refused; with an
+    // unbounded queue none would be.
     let url = server.url("/?ms=2000");
     let calls: Vec<_> = (0..3)
         .map(|_| {
@@ -159,9 +139,10 @@ fn a_full_sync_queue_answers_503_with_retry_after() {
         .collect();
     let responses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
     let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        2,
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        served + refused == 3 && (1..=2).contains(&served) && refused >= 1,
         "{statuses:?}"
     );
     let refused = responses

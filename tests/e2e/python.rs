@@ -2,9 +2,13 @@
 //! app in the sync lane, an `async def` app in the async lane, a queue
 //! trigger) and handlers written without the SDK, all through the real host.
 
-use crate::support::{Server, client, invocation_id, python_component, run_fnhost, temp_dir};
+use crate::support::{
+    Server, client, invocation_id, light_requests, python_component, quantile, run_fnhost, temp_dir,
+};
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A Python component's first start compiles 20 MB of wasm in a debug host.
@@ -244,4 +248,76 @@ fn a_python_component_over_max_memory_is_refused_before_any_port_opens() {
     assert!(lines[0].contains("--max-memory 1MiB"), "{stderr}");
     let (code, _, stderr) = run_fnhost(&["check", "--max-memory", "1MiB", wasm.to_str().unwrap()]);
     assert_eq!(code, 2, "check agrees: {stderr}");
+}
+
+/// The seed's trap: Azure documents that an `async def` that never awaits
+/// blocks its event loop. Here two such calls spin 3 s on a WASIp3 Python
+/// component (whose instances run many calls on one event loop) while a
+/// light route of the same component is probed. Without the stall check,
+/// the probes routed to a spinning instance wait out the 3 s (as on
+/// `wasmtime serve`); with it, new calls go to other instances. Asserted:
+/// every probe succeeds, their p99 stays within 50 ms (or 5x the p99 of a
+/// baseline taken before the hogs, on a slow machine), and the stall is
+/// logged and counted.
+#[test]
+fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
+    let server = Server::start(&python_component("fanout"), &["--admin", "127.0.0.1:0"]);
+    let probe_url = server.url("/hello");
+    let baseline = light_requests(&probe_url, Duration::from_millis(500), || false);
+    let baseline_p99 = quantile(&baseline, 0.99);
+
+    let spinning = Arc::new(AtomicUsize::new(2));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, spinning) = (server.url("/spin?ms=3000"), spinning.clone());
+            std::thread::spawn(move || {
+                let status = client().get(&url).send().unwrap().status().as_u16();
+                spinning.fetch_sub(1, Ordering::SeqCst);
+                status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let window = Instant::now();
+    let during = light_requests(&probe_url, Duration::from_secs(2), || {
+        spinning.load(Ordering::SeqCst) < 2
+    });
+    let window = window.elapsed();
+    for hog in hogs {
+        assert_eq!(hog.join().unwrap(), 200);
+    }
+    let p99 = quantile(&during, 0.99);
+    let summary = format!(
+        "{} probes in {window:?} while two calls spun: p99 {p99:?}, worst {:?}; before: {} probes, p99 {baseline_p99:?}",
+        during.len(),
+        during.last().unwrap(),
+        baseline.len()
+    );
+    eprintln!("{summary}");
+    assert!(during.len() >= 20, "too few probes completed: {summary}");
+    assert!(
+        p99 <= Duration::from_millis(50).max(baseline_p99 * 5),
+        "probes waited for the spinning calls: {summary}"
+    );
+    server.wait_for_log("without handing control back", Duration::from_secs(5));
+    // Workers report their counts every second or so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = client()
+            .get(server.admin_url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let stalls: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("fnhost_async_stalls_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no fnhost_async_stalls_total in:\n{metrics}"));
+        if stalls >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stall counted:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -381,3 +381,26 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The `q`-quantile of `sorted` latencies (nearest rank).
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    assert!(!sorted.is_empty(), "no latencies");
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Sends light requests one after another until `done` returns true or
+/// `limit` has passed; returns their latencies, sorted.
+pub fn light_requests(url: &str, limit: Duration, done: impl Fn() -> bool) -> Vec<Duration> {
+    let http = client();
+    let mut latencies = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < limit && !done() {
+        let sent = Instant::now();
+        let response = http.get(url).send().unwrap();
+        assert_eq!(response.status(), 200);
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    latencies
+}

@@ -96,6 +96,11 @@ fn base_config(settings: &EngineSettings) -> Config {
         config.concurrency_support(settings.concurrency);
         if settings.concurrency {
             config.wasm_component_model_async(true);
+            // WASIp3 calls run in wasmtime-wasi-http's tasks, where a fuel
+            // yield is not a real one (the task runs again at once); an
+            // epoch tick is, through a custom yield (exec/async_lane.rs,
+            // `yield_on_epochs`). Fuel stays: it is the lane's metering.
+            config.epoch_interruption(true);
         }
     }
     match settings.lane {

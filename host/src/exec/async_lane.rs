@@ -163,7 +163,25 @@ pub(super) fn new_async_store(
     store
         .fuel_async_yield_interval(Some(execution.yield_fuel))
         .map_err(fuel_error)?;
+    yield_on_epochs(&mut store);
     Ok(store)
+}
+
+/// On an engine with epoch interruption (the one of a WASIp3 component),
+/// makes every epoch tick a real yield through [`tokio::task::yield_now`],
+/// which lets the runtime's other tasks and its I/O driver run first
+/// (wasmtime's own fuel yield wakes the task at once, and tokio runs it
+/// again before anyone else: wasmtime #10667). WASIp3 calls run inside
+/// wasmtime-wasi-http's own tasks, which [`Fair`](super::fair::Fair)
+/// cannot wrap, so this is their fairness. Elsewhere it never fires.
+pub(super) fn yield_on_epochs(store: &mut Store<StoreState>) {
+    store.epoch_deadline_callback(|_| {
+        Ok(wasmtime::UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    store.set_epoch_deadline(1);
 }
 
 /// Worker threads of the current tokio runtime.

@@ -23,6 +23,8 @@ mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_lane;
 mod queue_lane;
+#[cfg(feature = "wasip3")]
+mod stall;
 mod state;
 mod sync_lane;
 
@@ -38,6 +40,15 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub use outbound::MAX_CONNECT_TIMEOUT;
 pub use state::live_instances;
+
+/// Stalled WASIp3 instances noticed in this process so far (an `async`
+/// call that held its instance's event loop; see `exec/stall.rs`).
+pub fn async_stalls() -> u64 {
+    #[cfg(feature = "wasip3")]
+    return stall::stalls();
+    #[cfg(not(feature = "wasip3"))]
+    return 0;
+}
 
 /// Everything an executor needs besides the component.
 #[derive(Clone, Debug)]
@@ -78,7 +89,11 @@ pub fn start(
             {
                 let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
                     .map_err(link_error)?;
-                Arc::new(p3_lane::P3Lane::new(pre, settings))
+                let function = component
+                    .path
+                    .file_stem()
+                    .map_or_else(|| "function".into(), |s| s.to_string_lossy().into());
+                Arc::new(p3_lane::P3Lane::new(pre, settings, function))
             }
             #[cfg(not(feature = "wasip3"))]
             return Err(link_error(wasmtime::Error::msg(

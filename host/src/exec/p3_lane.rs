@@ -9,13 +9,20 @@
 //! instances; this module supplies the policy (how many calls, how long)
 //! and the store.
 //!
-//! Known limits, compared with WASIp2 guests: the store's fuel yields happen
-//! inside `ProxyHandler`'s own tasks, which fnhost does not wrap with
-//! [`super::fair::Fair`]; guest stdout lines carry the id of the instance's
+//! Fairness: the store's fuel yields happen inside `ProxyHandler`'s own
+//! tasks, which fnhost cannot wrap with [`super::fair::Fair`], so the
+//! engine also ticks epochs and every tick is a real yield
+//! ([`super::async_lane::yield_on_epochs`]). A guest that holds its own
+//! event loop (an `async` call that never awaits) stalls only the calls on
+//! its instance: [`super::stall`] notices it and new calls go to other
+//! instances.
+//!
+//! Known limits, compared with WASIp2 guests: guest stdout lines carry the id of the instance's
 //! most recent call (calls share the instance); a failure that cannot be
 //! traced to one call (a trap during concurrent calls, a memory limit) fails
 //! every call on that instance with `trap`.
 
+use super::stall::{GuestClock, StallWatch};
 use super::state::StoreState;
 use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
 use crate::component::one_line;
@@ -51,14 +58,17 @@ pub struct P3Lane {
 }
 
 impl P3Lane {
-    /// A lane instantiating `pre` as requests need instances.
-    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings) -> Self {
+    /// A lane instantiating `pre` (the component of `function`) as requests
+    /// need instances.
+    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings, function: Arc<str>) -> Self {
         Self {
             handler: ProxyHandler::new(P3Instances {
                 engine: pre.engine().clone(),
                 pre: ProxyPre::P3(pre),
                 outbound: settings.grants.outbound.clone().into(),
                 settings,
+                function,
+                watch: StallWatch::start(),
             }),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
@@ -127,6 +137,8 @@ struct P3Instances {
     engine: wasmtime::Engine,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
+    function: Arc<str>,
+    watch: Arc<StallWatch>,
 }
 
 impl HandlerState for P3Instances {
@@ -141,6 +153,14 @@ impl HandlerState for P3Instances {
         let execution = &self.settings.execution;
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
         store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
+        super::async_lane::yield_on_epochs(&mut store);
+        let clock = GuestClock::new(self.function.clone());
+        self.watch.register(&clock);
+        let hook = clock.clone();
+        store.call_hook(move |_, transition| {
+            hook.transition(transition);
+            Ok(())
+        });
         let timeout = self.settings.limits.timeout;
         let proxy = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store))
             .await
@@ -159,6 +179,7 @@ impl HandlerState for P3Instances {
                     .instance_reuse
                     .unwrap_or(DEFAULT_P3_INSTANCE_REUSE) as usize,
                 request_timeout: timeout,
+                clock,
             },
         })
     }
@@ -192,11 +213,13 @@ impl WorkerExpiration for Expiry {
     }
 }
 
-/// How many calls an instance takes, at once and in all.
+/// How many calls an instance takes, at once and in all, and whether its
+/// guest is holding its event loop.
 struct Reuse {
     max_concurrent: usize,
     max_total: usize,
     request_timeout: Duration,
+    clock: Arc<GuestClock>,
 }
 
 impl WorkerState for Reuse {
@@ -206,7 +229,7 @@ impl WorkerState for Reuse {
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
         if total_count >= self.max_total {
             ShouldAccept::Never
-        } else if concurrent_count >= self.max_concurrent {
+        } else if self.clock.stalled() || concurrent_count >= self.max_concurrent {
             ShouldAccept::No
         } else {
             ShouldAccept::Yes
@@ -220,7 +243,12 @@ impl WorkerState for Reuse {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
         store.data_mut().begin(id);
-        Box::pin(tokio::time::sleep(self.request_timeout))
+        let call = self.clock.call_started(id);
+        let timeout = self.request_timeout;
+        Box::pin(async move {
+            let _call = call;
+            tokio::time::sleep(timeout).await;
+        })
     }
 
     fn drop(&self, store: Store<StoreState>, result: Result<(), wasmtime::Error>) {

@@ -15,9 +15,14 @@
 //!   request body fails at the deadline, so a client that stops sending
 //!   cannot hold a thread; a client that stops *reading* a large response
 //!   still can, until it disconnects (the guest waits to write).
-//! - `--instance-reuse N` lets an instance serve up to N calls (for guests
-//!   that keep caches in globals); what one call leaves in memory is then
-//!   seen by the next, so the default is 1. A trapped instance is always
+//! - `--instance-reuse N` lets an instance serve up to N calls; what one
+//!   call leaves in memory is then seen by the next. Without the flag the
+//!   lane decides per component, from what an instance costs: a component
+//!   that instantiates in well under a millisecond (Rust) gets a fresh
+//!   instance per call; one that takes longer (CPython, about 5 ms, most of
+//!   it faulting in the interpreter's heap) serves up to
+//!   [`SLOW_INSTANCE_REUSE`] calls per instance, as Azure's long-lived
+//!   Python worker keeps its module state. A trapped instance is always
 //!   dropped.
 
 use super::state::StoreState;
@@ -49,6 +54,14 @@ use wasmtime_wasi_http::p2::bindings::sync::{Proxy, ProxyPre};
 /// unless it is blocked in a host call).
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
+/// Instantiation time from which a component's instances are reused
+/// (unless `--instance-reuse` says otherwise): Rust components take 10-50
+/// µs, CPython ones 2-6 ms in a release build, so the line sits far from
+/// both.
+pub const REUSE_WHEN_INSTANTIATION_TAKES: Duration = Duration::from_millis(1);
+/// Calls one instance serves by default when instantiating is slow.
+pub const SLOW_INSTANCE_REUSE: u32 = 1000;
+
 /// One call waiting for a thread.
 struct Job {
     id: InvocationId,
@@ -76,20 +89,44 @@ impl SyncLane {
         let timeout = settings.limits.timeout;
         let (queue, jobs) = sync_channel(depth);
         let jobs = Arc::new(Mutex::new(jobs));
-        let shared = Arc::new(Worker {
+        let mut shared = Worker {
             outbound: settings.grants.outbound.clone().into(),
             pre,
             settings,
-        });
+            reuse: 1,
+        };
+        // The first thread's instance, made here: how long it takes decides
+        // the reuse default.
+        let first = {
+            let _entered = runtime.enter();
+            let started = Instant::now();
+            let first = shared.prepare();
+            let took = started.elapsed();
+            shared.reuse = shared.settings.execution.instance_reuse.unwrap_or_else(|| {
+                if first.is_ok() && took >= REUSE_WHEN_INSTANTIATION_TAKES {
+                    tracing::info!(
+                        "instantiating takes {:.1} ms: each instance serves up to {SLOW_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
+                        took.as_secs_f64() * 1000.0
+                    );
+                    SLOW_INSTANCE_REUSE
+                } else {
+                    1
+                }
+            });
+            first.ok()
+        };
+        let shared = Arc::new(shared);
+        let mut first = Some(first);
         for index in 0..shared.settings.execution.threads {
             let worker = shared.clone();
             let jobs = jobs.clone();
             let runtime = runtime.clone();
+            let warm = first.take().flatten();
             std::thread::Builder::new()
                 .name(format!("fnhost-sync-{index}"))
                 .spawn(move || {
                     let _entered = runtime.enter();
-                    worker.serve(&jobs);
+                    worker.serve(&jobs, warm);
                 })
                 .expect("spawning a sync-lane thread");
         }
@@ -149,6 +186,8 @@ struct Worker {
     pre: ProxyPre<StoreState>,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
+    /// Calls one instance serves before it is replaced.
+    reuse: u32,
 }
 
 /// A pre-created instance and the calls it has served.
@@ -160,8 +199,7 @@ struct Warm {
 
 impl Worker {
     /// The thread's loop: keep an instance warm, take a job, run it.
-    fn serve(&self, jobs: &Mutex<Receiver<Job>>) {
-        let mut warm: Option<Warm> = None;
+    fn serve(&self, jobs: &Mutex<Receiver<Job>>, mut warm: Option<Warm>) {
         loop {
             if warm.is_none() {
                 match self.prepare() {
@@ -314,8 +352,7 @@ impl Worker {
                         "the guest returned without setting a response",
                     )));
                 }
-                let reuse = self.settings.execution.instance_reuse.unwrap_or(1);
-                (instance.calls < reuse).then_some(instance)
+                (instance.calls < self.reuse).then_some(instance)
             }
             Err(error) => {
                 let failure = classify(&error, instance.store.data().limiter.exceeded());

@@ -75,6 +75,7 @@ pub struct WorkerLink {
     in_flight: AtomicUsize,
     dispatched: AtomicU64,
     instances: AtomicU64,
+    async_stalls: AtomicU64,
     counters: Arc<SlotCounters>,
     metrics: Arc<Metrics>,
     function: Arc<str>,
@@ -108,6 +109,7 @@ impl WorkerLink {
             in_flight: AtomicUsize::new(0),
             dispatched: AtomicU64::new(0),
             instances: AtomicU64::new(0),
+            async_stalls: AtomicU64::new(0),
             counters,
             metrics,
             function,
@@ -239,8 +241,16 @@ impl WorkerLink {
                     let _ = entry.reply.send(result);
                 }
             }
-            ToSupervisor::Stats { instances } => {
+            ToSupervisor::Stats {
+                instances,
+                async_stalls,
+            } => {
                 self.instances.store(instances, Ordering::Relaxed);
+                // The worker's count is cumulative; count what is new.
+                let seen = self.async_stalls.swap(async_stalls, Ordering::Relaxed);
+                if async_stalls > seen {
+                    self.metrics.async_stalls.inc_by(async_stalls - seen);
+                }
             }
             ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
                 return Err("a start-up message from a running worker".to_string());

@@ -1,0 +1,236 @@
+//! Noticing a WASIp3 instance whose guest has stopped handing control back.
+//!
+//! A WASIp3 instance runs up to `--max-concurrent-reuse` calls at once on
+//! the guest's own event loop (CPython's asyncio loop, say). A call that
+//! computes without awaiting holds that loop, so every other call on the
+//! instance waits: the seed's "async function that never awaits". The
+//! host's own loop stays fair (fuel and epoch yields), but those yields
+//! suspend the guest in the middle of its code: to wasmtime's request
+//! handler the instance then looks idle and it keeps routing new calls to
+//! it.
+//!
+//! wasmtime-wasi-http's handler already offers a new call to an instance
+//! only while its event loop can run, and a guest that holds the loop keeps
+//! the handler's own bookkeeping for that instance from running too, so new
+//! calls go to other instances (measured: probes answered in 2-15 ms while
+//! a call spun 2 s on the instance they would otherwise share). What it
+//! does not do is say so. So each instance's store gets a call hook:
+//! entering wasm from the host starts a clock, returning from the outermost
+//! wasm call stops it (an event-loop guest returns whenever every task
+//! awaits). A [`StallWatch`] task looks at the clocks of a lane's live
+//! instances every [`WATCH_INTERVAL`]; a clock that has run past
+//! [`STALL_AFTER`] means the guest has held its loop that long: the stall is
+//! logged once with the calls the instance holds and counted
+//! (`fnhost_async_stalls_total`), and the instance says no to new calls
+//! (`should_accept_request`) should the handler ask.
+
+use crate::invocation::InvocationId;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::CallHook;
+
+/// How long guest code may run without handing control back to its
+/// instance's event loop before the instance takes no new calls. Python
+/// handles a request in well under a millisecond between awaits; 10 ms is
+/// also when the async lane counts a WASIp2 call as long-running.
+pub const STALL_AFTER: Duration = super::fair::LONG_RUNNING_AFTER;
+
+/// How often a lane's watchdog looks at its instances' clocks.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Stalls noticed in this process so far (reported to the supervisor).
+static STALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Stalls noticed in this process so far.
+pub fn stalls() -> u64 {
+    STALLS.load(Ordering::Relaxed)
+}
+
+/// One instance's guest clock and the calls it is running.
+pub struct GuestClock {
+    base: Instant,
+    /// Nanoseconds after `base` (plus one) at which the outermost wasm call
+    /// started; 0 while no guest code runs.
+    since: AtomicU64,
+    depth: AtomicU32,
+    /// Whether the current stall was reported already.
+    reported: AtomicBool,
+    calls: Mutex<Vec<InvocationId>>,
+    function: Arc<str>,
+}
+
+impl GuestClock {
+    /// A clock for an instance of `function`.
+    pub fn new(function: Arc<str>) -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+            depth: AtomicU32::new(0),
+            reported: AtomicBool::new(false),
+            calls: Mutex::new(Vec::new()),
+            function,
+        })
+    }
+
+    /// The store's call hook: tracks the outermost wasm call.
+    pub fn transition(&self, hook: CallHook) {
+        match hook {
+            CallHook::CallingWasm => {
+                if self.depth.fetch_add(1, Ordering::Relaxed) == 0 {
+                    let now = self.base.elapsed().as_nanos() as u64 + 1;
+                    self.since.store(now, Ordering::Relaxed);
+                }
+            }
+            CallHook::ReturningFromWasm => {
+                if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    self.since.store(0, Ordering::Relaxed);
+                    self.reported.store(false, Ordering::Relaxed);
+                }
+            }
+            CallHook::CallingHost | CallHook::ReturningFromHost => {}
+        }
+    }
+
+    /// How long guest code has run without handing control back, if it runs.
+    fn running_for(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = self.base.elapsed().as_nanos() as u64 + 1;
+                Some(Duration::from_nanos(now.saturating_sub(since)))
+            }
+        }
+    }
+
+    /// Whether the instance is stalled; reports a new stall once.
+    pub fn stalled(&self) -> bool {
+        let Some(running) = self.running_for().filter(|r| *r >= STALL_AFTER) else {
+            return false;
+        };
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            STALLS.fetch_add(1, Ordering::Relaxed);
+            let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<String> = calls.iter().map(|id| format!("[{id}]")).collect();
+            tracing::warn!(
+                "{} an async call of {} has run {} ms without handing control back to its instance (an `async` function that never awaits?); the {} call{} on that instance wait for it, new calls go to other instances",
+                ids.join(" "),
+                self.function,
+                running.as_millis(),
+                calls.len(),
+                if calls.len() == 1 { "" } else { "s" },
+            );
+        }
+        true
+    }
+
+    /// Records that `id` started on this instance; the guard forgets it.
+    pub fn call_started(self: &Arc<Self>, id: InvocationId) -> CallGuard {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        CallGuard {
+            clock: self.clone(),
+            id,
+        }
+    }
+}
+
+/// The clocks of one lane's live instances, and the task that watches them.
+pub struct StallWatch {
+    clocks: Mutex<Vec<Weak<GuestClock>>>,
+}
+
+impl StallWatch {
+    /// A watch whose task runs on the current tokio runtime until the watch
+    /// is dropped.
+    pub fn start() -> Arc<Self> {
+        let watch = Arc::new(Self {
+            clocks: Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&watch);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(watch) = weak.upgrade() else { return };
+                watch.check();
+            }
+        });
+        watch
+    }
+
+    /// Watches `clock` from now on, for as long as its instance lives.
+    pub fn register(&self, clock: &Arc<GuestClock>) {
+        self.clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(clock));
+    }
+
+    /// Reports stalled instances and forgets dropped ones.
+    fn check(&self) {
+        let mut clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.retain(|clock| match clock.upgrade() {
+            Some(clock) => {
+                clock.stalled();
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// Removes a call from its instance's list when the call is over.
+pub struct CallGuard {
+    clock: Arc<GuestClock>,
+    id: InvocationId,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let mut calls = self.clock.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = calls.iter().position(|id| *id == self.id) {
+            calls.swap_remove(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_calls_keep_the_clock_and_the_outermost_return_stops_it() {
+        let clock = GuestClock::new("f".into());
+        assert!(clock.running_for().is_none());
+        clock.transition(CallHook::CallingWasm);
+        clock.transition(CallHook::CallingHost);
+        // The host calls back into the guest (a realloc, say).
+        clock.transition(CallHook::CallingWasm);
+        clock.transition(CallHook::ReturningFromWasm);
+        clock.transition(CallHook::ReturningFromHost);
+        assert!(clock.running_for().is_some(), "still in the outer call");
+        clock.transition(CallHook::ReturningFromWasm);
+        assert!(clock.running_for().is_none());
+    }
+
+    #[test]
+    fn a_long_run_is_a_stall_reported_once_and_the_list_follows_the_calls() {
+        let clock = GuestClock::new("f".into());
+        let guard = clock.call_started(InvocationId::from_u64(7));
+        clock.transition(CallHook::CallingWasm);
+        assert!(!clock.stalled());
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(5));
+        let before = stalls();
+        assert!(clock.stalled());
+        assert!(clock.stalled());
+        assert_eq!(stalls(), before + 1, "counted once");
+        clock.transition(CallHook::ReturningFromWasm);
+        assert!(!clock.stalled());
+        drop(guard);
+        assert!(clock.calls.lock().unwrap().is_empty());
+    }
+}
