@@ -279,8 +279,9 @@ def server_kinds(fnhost, native, wasmtime, quick):
         ServerKind("fnhost", fnhost_argv, wasm_path,
                    only=set(SCENARIOS)),
         ServerKind("fnhost-in-process", fnhost_in_process_argv, wasm_path,
-                   only=worker_scenarios | {"hello-pinned", "io", "fairness",
-                                            "cold-start-cold-cache", "cold-start-warm-cache"}),
+                   only=worker_scenarios | PYTHON_SCENARIOS
+                   | {"hello-pinned", "io", "fairness",
+                      "cold-start-cold-cache", "cold-start-warm-cache"}),
         ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
                    only=worker_scenarios | queue_scenarios),
     ]

@@ -1,9 +1,10 @@
 //! The execution lanes: fairness in the async lane, the sync lane's thread
 //! pool and queue, limits in both lanes, concurrent I/O.
 
-use crate::support::{Server, client, example, invocation_id, light_requests, quantile};
+use crate::support::{
+    Server, client, example, invocation_id, light_requests, quantile, slow_upstream,
+};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -217,33 +218,6 @@ fn five_hundred_concurrent_sleeps_in_the_async_lane_take_about_one_sleep() {
         elapsed < Duration::from_secs(4),
         "500 concurrent 100 ms sleeps took {elapsed:?}"
     );
-}
-
-/// An upstream that answers every request after `delay`, one thread per connection.
-fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                std::thread::sleep(delay);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
 }
 
 #[test]

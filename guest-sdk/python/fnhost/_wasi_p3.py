@@ -19,6 +19,7 @@ from wit_world.imports import wasi_http_types as http
 # pre-initialised, so a lazy import would find nothing at run time.
 from wit_world.imports import client, monotonic_clock  # noqa: F401
 
+from . import _wit_http
 from ._app import FunctionApp
 from ._http import HttpRequest, HttpResponse
 
@@ -26,17 +27,6 @@ _READ_CHUNK = 64 * 1024
 
 _app: Optional[FunctionApp] = None
 
-_METHODS = {
-    http.Method_Get: "GET",
-    http.Method_Head: "HEAD",
-    http.Method_Post: "POST",
-    http.Method_Put: "PUT",
-    http.Method_Delete: "DELETE",
-    http.Method_Connect: "CONNECT",
-    http.Method_Options: "OPTIONS",
-    http.Method_Trace: "TRACE",
-    http.Method_Patch: "PATCH",
-}
 
 
 def bind(app: FunctionApp) -> None:
@@ -45,27 +35,7 @@ def bind(app: FunctionApp) -> None:
     _app = app
 
 
-def method_name(method: http.Method) -> str:
-    """A WIT method as its HTTP name."""
-    if isinstance(method, http.Method_Other):
-        return method.value
-    return _METHODS[type(method)]
 
-
-def method_value(name: str) -> http.Method:
-    """An HTTP method name as its WIT value."""
-    for kind, known in _METHODS.items():
-        if known == name.upper():
-            return kind()
-    return http.Method_Other(name)
-
-
-def _scheme(scheme: Optional[http.Scheme]) -> str:
-    if isinstance(scheme, http.Scheme_Https):
-        return "https"
-    if isinstance(scheme, http.Scheme_Other):
-        return scheme.value
-    return "http"
 
 
 async def read_all(stream) -> bytes:
@@ -149,9 +119,9 @@ if hasattr(exports, "Handler"):
             with request.get_headers() as fields:
                 headers = fields.copy_all()
             incoming = HttpRequest(
-                method=method_name(request.get_method()),
-                url=f"{_scheme(request.get_scheme())}://{authority}{path}",
+                method=_wit_http.method_name(http, request.get_method()),
+                url=f"{_wit_http.scheme_name(http, request.get_scheme())}://{authority}{path}",
                 headers=headers,
-                body=await consume_request_body(request),
+                body=await consume_request_body(request) if _wit_http.has_body(headers) else b"",
             )
             return _response(await _app.handle_async(incoming))

@@ -40,7 +40,7 @@ async def fetch(
     otherwise this raises."""
     import componentize_py_async_support
 
-    from . import _wasi_p3
+    from . import _wasi_p3, _wit_http
     from ._wasi_p3 import client, http
 
     split = urlsplit(url)
@@ -51,7 +51,7 @@ async def fetch(
     )
     contents, trailers, write = _wasi_p3.body_and_trailers(body)
     request, _sent = http.Request.new(fields, contents, trailers, None)
-    request.set_method(_wasi_p3.method_value(method))
+    request.set_method(_wit_http.method_value(http, method))
     request.set_scheme(http.Scheme_Https() if split.scheme == "https" else http.Scheme_Http())
     request.set_authority(split.netloc)
     request.set_path_with_query((split.path or "/") + (f"?{split.query}" if split.query else ""))

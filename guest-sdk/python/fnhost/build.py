@@ -35,7 +35,7 @@ SDK_DIR = Path(__file__).resolve().parent
 WIT_DIR = SDK_DIR / "wit"
 # The SDK files a component needs (not this builder, not the WIT).
 RUNTIME_FILES = ["__init__.py", "_app.py", "_http.py", "_queue.py", "_routing.py",
-                 "_wasi_p2.py", "_wasi_p3.py", "aio.py", "py.typed"]
+                 "_wasi_p2.py", "_wasi_p3.py", "_wit_http.py", "aio.py", "py.typed"]
 ENTRY_MODULE = "fnhost_component"
 
 

@@ -200,3 +200,35 @@ def test_the_packaged_queue_wit_is_the_repository_contract():
         REPO / "wit" / "queue.wit", REPO / "guest-sdk" / "python" / "fnhost" / "wit" / "queue.wit",
         shallow=False,
     )
+
+
+def test_wit_methods_and_schemes_map_to_plain_strings():
+    from types import SimpleNamespace
+
+    from fnhost import _wit_http
+
+    def variant(name, with_value=False):
+        def init(self, value=None):
+            self.value = value
+
+        return type(name, (), {"__init__": init})
+
+    names = ["Get", "Head", "Post", "Put", "Delete", "Connect", "Options", "Trace", "Patch", "Other"]
+    http = SimpleNamespace(**{f"Method_{n}": variant(f"Method_{n}") for n in names})
+    http.Scheme_Http, http.Scheme_Https, http.Scheme_Other = (
+        variant("Scheme_Http"), variant("Scheme_Https"), variant("Scheme_Other"))
+    assert _wit_http.method_name(http, http.Method_Patch()) == "PATCH"
+    assert _wit_http.method_name(http, http.Method_Other("PURGE")) == "PURGE"
+    assert isinstance(_wit_http.method_value(http, "delete"), http.Method_Delete)
+    assert _wit_http.method_value(http, "PURGE").value == "PURGE"
+    assert _wit_http.scheme_name(http, None) == "http"
+    assert _wit_http.scheme_name(http, http.Scheme_Https()) == "https"
+
+
+def test_only_requests_that_declare_a_body_have_one_read():
+    from fnhost._wit_http import has_body
+
+    assert not has_body([("host", b"h"), ("accept", b"*/*")])
+    assert not has_body([("Content-Length", b"0")])
+    assert has_body([("Content-Length", b"12")])
+    assert has_body([("transfer-encoding", b"chunked")])

@@ -235,7 +235,15 @@ pub fn compile(
         ..
     } = file;
     let key = CompileCache::key(engine, &bytes);
+    let keyed = started.elapsed();
     let cached = cache.and_then(|cache| cache.load(engine, &key));
+    tracing::debug!(
+        "{}: cache key in {} ms, cache {} after {} ms",
+        path.display(),
+        keyed.as_millis(),
+        if cached.is_some() { "hit" } else { "miss" },
+        started.elapsed().as_millis()
+    );
     let from_cache = cached.is_some();
     let component = match cached {
         Some(component) => component,
