@@ -3,7 +3,8 @@
 //! trigger) and handlers written without the SDK, all through the real host.
 
 use crate::support::{
-    Server, client, invocation_id, light_requests, python_component, quantile, run_fnhost, temp_dir,
+    Server, client, invocation_id, light_requests, python_component, quantile, run_fnhost,
+    slow_upstream, temp_dir,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
