@@ -85,13 +85,18 @@ impl CompileCache {
         // header against this engine before using it; artifacts are
         // replaced by rename, never modified in place, so the mapped file
         // does not change under the component.
-        let loaded = if through_fd.exists() {
-            unsafe { Component::deserialize_file(engine, &through_fd) }
-        } else {
-            let bytes = self.dir.read(key).ok()?;
-            unsafe { Component::deserialize(engine, &bytes) }
-        };
+        let mapped = through_fd
+            .exists()
+            .then(|| unsafe { Component::deserialize_file(engine, &through_fd) });
         drop(file);
+        // A folder on a `noexec` mount cannot be mapped executable: read it.
+        let loaded = match mapped {
+            Some(Ok(component)) => Ok(component),
+            _ => {
+                let bytes = self.dir.read(key).ok()?;
+                unsafe { Component::deserialize(engine, &bytes) }
+            }
+        };
         match loaded {
             Ok(component) => Some(component),
             Err(error) => {

@@ -9,7 +9,7 @@
 //! | `fnhost_instances` | gauge | |
 //! | `fnhost_workers` | gauge (ready workers) | |
 //! | `fnhost_worker_restarts_total` | counter | |
-//! | `fnhost_async_stalls_total` | counter (WASIp3 instances whose guest held its event loop 10 ms; see `exec/stall.rs`) | |
+//! | `fnhost_async_stalls_total` | counter (WASIp3 instances whose guest held its event loop 100 ms; see `exec/stall.rs`) | |
 //! | `fnhost_queue_length` | gauge (messages, in flight included) | queue |
 //! | `fnhost_queue_oldest_age_seconds` | gauge | queue |
 //! | `fnhost_queue_in_flight` | gauge | queue |
@@ -120,7 +120,7 @@ impl Default for Metrics {
         let async_stalls = Counter::default();
         registry.register(
             "async_stalls",
-            "WASIp3 instances whose guest ran 10 ms without handing control back to its event loop",
+            "WASIp3 instances whose guest ran 100 ms without handing control back to its event loop",
             async_stalls.clone(),
         );
         let scale_target = Gauge::default();

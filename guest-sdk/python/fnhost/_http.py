@@ -7,7 +7,7 @@ on the machine's CPython as it does inside a component.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -53,7 +53,7 @@ class HttpRequest:
         headers: Union[Headers, Iterable[tuple[str, Union[str, bytes]]]] = (),
         params: Optional[Mapping[str, str]] = None,
         route_params: Optional[Mapping[str, str]] = None,
-        body: bytes = b"",
+        body: Union[bytes, Callable[[], bytes]] = b"",
     ) -> None:
         self.method = method.upper()
         self.url = url
@@ -67,12 +67,14 @@ class HttpRequest:
         self._body = body
 
     def get_body(self) -> bytes:
-        """The request body, as bytes."""
+        """The request body, as bytes (read from the host on first use)."""
+        if callable(self._body):
+            self._body = self._body()
         return self._body
 
     def get_json(self) -> Any:
         """The request body parsed as JSON; raises `ValueError` if it is not JSON."""
-        return json.loads(self._body.decode("utf-8"))
+        return json.loads(self.get_body().decode("utf-8"))
 
     def __repr__(self) -> str:
         return f"<HttpRequest {self.method} {self.url}>"
@@ -129,8 +131,15 @@ def to_response(value: Any) -> HttpResponse:
         return value
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
         response = to_response(value[0])
-        response.status_code = value[1]
-        return response
+        # Through the constructor, so the status is checked here, inside the
+        # function's error handling, not later in the adapter.
+        return HttpResponse(
+            response.get_body(),
+            status_code=value[1],
+            headers=response.headers,
+            mimetype=response.mimetype,
+            charset=response.charset,
+        )
     if value is None:
         return HttpResponse(status_code=204)
     if isinstance(value, str):

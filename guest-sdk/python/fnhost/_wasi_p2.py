@@ -55,14 +55,15 @@ def _request(request: http.IncomingRequest) -> HttpRequest:
     path = request.path_with_query() or "/"
     with request.headers() as fields:
         headers = fields.entries()
-    # Every WIT call costs a few microseconds here: the authority comes from
-    # the Host header when there is one (fnhost's HTTP trigger requires it).
-    authority = _wit_http.host_header(headers) or request.authority() or "localhost"
+    authority = request.authority() or "localhost"
+    # The body is read when the function first asks for it (the request
+    # resource lives until `handle` returns): most functions never do, and
+    # reading costs a handful of WIT calls.
     return HttpRequest(
         method=_wit_http.method_name(http, request.method()),
         url=f"{_wit_http.scheme_name(http, request.scheme())}://{authority}{path}",
         headers=headers,
-        body=_read_body(request) if _wit_http.has_body(headers) else b"",
+        body=lambda: _read_body(request),
     )
 
 

@@ -118,10 +118,17 @@ if hasattr(exports, "Handler"):
             authority = request.get_authority() or "localhost"
             with request.get_headers() as fields:
                 headers = fields.copy_all()
+            method = _wit_http.method_name(http, request.get_method())
+            # `get_body()` cannot await, so the body is read up front, except
+            # for a GET or HEAD that declares none.
+            if _wit_http.may_have_body(method, headers):
+                body = await consume_request_body(request)
+            else:
+                body = b""
             incoming = HttpRequest(
-                method=_wit_http.method_name(http, request.get_method()),
+                method=method,
                 url=f"{_wit_http.scheme_name(http, request.get_scheme())}://{authority}{path}",
                 headers=headers,
-                body=await consume_request_body(request) if _wit_http.has_body(headers) else b"",
+                body=body,
             )
             return _response(await _app.handle_async(incoming))

@@ -19,22 +19,25 @@
 //! wasm call stops it (an event-loop guest returns whenever every task
 //! awaits). A [`StallWatch`] task looks at the clocks of a lane's live
 //! instances every [`WATCH_INTERVAL`]; a clock that has run past
-//! [`STALL_AFTER`] means the guest has held its loop that long: the stall is
+//! [`STALL_AFTER`] while the instance holds calls means the guest has held
+//! its loop that long: the stall is
 //! logged once with the calls the instance holds and counted
 //! (`fnhost_async_stalls_total`), and the instance says no to new calls
 //! (`should_accept_request`) should the handler ask.
 
 use crate::invocation::InvocationId;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::CallHook;
 
 /// How long guest code may run without handing control back to its
-/// instance's event loop before the instance takes no new calls. Python
-/// handles a request in well under a millisecond between awaits; 10 ms is
-/// also when the async lane counts a WASIp2 call as long-running.
-pub const STALL_AFTER: Duration = super::fair::LONG_RUNNING_AFTER;
+/// instance's event loop before it counts as a stall. Python handles a
+/// request in well under a millisecond between awaits; the clock is wall
+/// time (it also runs while the guest is parked at a yield or its thread
+/// is descheduled), so the line sits far above what a loaded machine adds
+/// to an ordinary call.
+pub const STALL_AFTER: Duration = Duration::from_millis(100);
 
 /// How often a lane's watchdog looks at its instances' clocks.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
@@ -54,8 +57,9 @@ pub struct GuestClock {
     /// started; 0 while no guest code runs.
     since: AtomicU64,
     depth: AtomicU32,
-    /// Whether the current stall was reported already.
-    reported: AtomicBool,
+    /// The `since` of the last stall reported, so each stall is reported
+    /// once and a new one is never mistaken for it.
+    reported_since: AtomicU64,
     calls: Mutex<Vec<InvocationId>>,
     function: Arc<str>,
 }
@@ -67,7 +71,7 @@ impl GuestClock {
             base: Instant::now(),
             since: AtomicU64::new(0),
             depth: AtomicU32::new(0),
-            reported: AtomicBool::new(false),
+            reported_since: AtomicU64::new(0),
             calls: Mutex::new(Vec::new()),
             function,
         })
@@ -85,32 +89,31 @@ impl GuestClock {
             CallHook::ReturningFromWasm => {
                 if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
                     self.since.store(0, Ordering::Relaxed);
-                    self.reported.store(false, Ordering::Relaxed);
                 }
             }
             CallHook::CallingHost | CallHook::ReturningFromHost => {}
         }
     }
 
-    /// How long guest code has run without handing control back, if it runs.
-    fn running_for(&self) -> Option<Duration> {
-        match self.since.load(Ordering::Relaxed) {
-            0 => None,
-            since => {
-                let now = self.base.elapsed().as_nanos() as u64 + 1;
-                Some(Duration::from_nanos(now.saturating_sub(since)))
-            }
-        }
-    }
-
-    /// Whether the instance is stalled; reports a new stall once.
+    /// Whether the instance is stalled: guest code has run past
+    /// [`STALL_AFTER`] while the instance holds calls (instantiation, with
+    /// none, does not count). A new stall is reported once.
     pub fn stalled(&self) -> bool {
-        let Some(running) = self.running_for().filter(|r| *r >= STALL_AFTER) else {
+        let since = self.since.load(Ordering::Relaxed);
+        if since == 0 {
             return false;
-        };
-        if !self.reported.swap(true, Ordering::Relaxed) {
+        }
+        let now = self.base.elapsed().as_nanos() as u64 + 1;
+        let running = Duration::from_nanos(now.saturating_sub(since));
+        if running < STALL_AFTER {
+            return false;
+        }
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.is_empty() {
+            return false;
+        }
+        if self.reported_since.swap(since, Ordering::Relaxed) != since {
             STALLS.fetch_add(1, Ordering::Relaxed);
-            let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<String> = calls.iter().map(|id| format!("[{id}]")).collect();
             tracing::warn!(
                 "{} an async call of {} has run {} ms without handing control back to its instance (an `async` function that never awaits?); the {} call{} on that instance wait for it, new calls go to other instances",
@@ -205,21 +208,30 @@ mod tests {
     #[test]
     fn nested_calls_keep_the_clock_and_the_outermost_return_stops_it() {
         let clock = GuestClock::new("f".into());
-        assert!(clock.running_for().is_none());
+        assert_eq!(clock.since.load(Ordering::Relaxed), 0);
         clock.transition(CallHook::CallingWasm);
         clock.transition(CallHook::CallingHost);
         // The host calls back into the guest (a realloc, say).
         clock.transition(CallHook::CallingWasm);
         clock.transition(CallHook::ReturningFromWasm);
         clock.transition(CallHook::ReturningFromHost);
-        assert!(clock.running_for().is_some(), "still in the outer call");
+        assert_ne!(
+            clock.since.load(Ordering::Relaxed),
+            0,
+            "still in the outer call"
+        );
         clock.transition(CallHook::ReturningFromWasm);
-        assert!(clock.running_for().is_none());
+        assert_eq!(clock.since.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn a_long_run_is_a_stall_reported_once_and_the_list_follows_the_calls() {
         let clock = GuestClock::new("f".into());
+        // Instantiation (no calls yet) is never a stall.
+        clock.transition(CallHook::CallingWasm);
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(5));
+        assert!(!clock.stalled());
+        clock.transition(CallHook::ReturningFromWasm);
         let guard = clock.call_started(InvocationId::from_u64(7));
         clock.transition(CallHook::CallingWasm);
         assert!(!clock.stalled());
@@ -230,6 +242,13 @@ mod tests {
         assert_eq!(stalls(), before + 1, "counted once");
         clock.transition(CallHook::ReturningFromWasm);
         assert!(!clock.stalled());
+        // The next stall is a new one.
+        std::thread::sleep(Duration::from_millis(2));
+        clock.transition(CallHook::CallingWasm);
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(5));
+        assert!(clock.stalled());
+        assert_eq!(stalls(), before + 2);
+        clock.transition(CallHook::ReturningFromWasm);
         drop(guard);
         assert!(clock.calls.lock().unwrap().is_empty());
     }

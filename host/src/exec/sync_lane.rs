@@ -95,33 +95,44 @@ impl SyncLane {
             settings,
             reuse: 1,
         };
-        // The first thread's instance, made here: how long it takes decides
-        // the reuse default.
-        let first = {
+        // The first two threads' instances, made here: the faster of the two
+        // decides the reuse default (the first also builds the memory images
+        // and touches fresh pool slots, so it is slower than the rest).
+        let (first, second) = {
             let _entered = runtime.enter();
-            let started = Instant::now();
-            let first = shared.prepare();
-            let took = started.elapsed();
+            let timed = || {
+                let started = Instant::now();
+                let instance = shared.prepare();
+                (instance, started.elapsed())
+            };
+            let (first, first_took) = timed();
+            let (second, second_took) = timed();
+            let took = first_took.min(second_took);
+            let usable = first.is_ok() && second.is_ok();
             shared.reuse = shared.settings.execution.instance_reuse.unwrap_or_else(|| {
-                if first.is_ok() && took >= REUSE_WHEN_INSTANTIATION_TAKES {
+                if usable && took >= REUSE_WHEN_INSTANTIATION_TAKES {
                     tracing::info!(
                         "instantiating takes {:.1} ms: each instance serves up to {SLOW_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
                         took.as_secs_f64() * 1000.0
                     );
                     SLOW_INSTANCE_REUSE
                 } else {
+                    tracing::debug!(
+                        "instantiating takes {} µs: a fresh instance per call",
+                        took.as_micros()
+                    );
                     1
                 }
             });
-            first.ok()
+            (first.ok(), second.ok())
         };
         let shared = Arc::new(shared);
-        let mut first = Some(first);
+        let mut made = [first, second].into_iter();
         for index in 0..shared.settings.execution.threads {
             let worker = shared.clone();
             let jobs = jobs.clone();
             let runtime = runtime.clone();
-            let warm = first.take().flatten();
+            let warm = made.next().flatten();
             std::thread::Builder::new()
                 .name(format!("fnhost-sync-{index}"))
                 .spawn(move || {
