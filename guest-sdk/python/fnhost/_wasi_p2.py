@@ -68,14 +68,7 @@ def _request(request: http.IncomingRequest) -> HttpRequest:
 
 
 def _fields(response: HttpResponse) -> http.Fields:
-    body = response.get_body()
-    entries = [
-        (name, value.encode("latin-1"))
-        for name, value in response.headers.items()
-        if name.lower() != "content-length"
-    ]
-    entries.append(("content-length", str(len(body)).encode()))
-    return http.Fields.from_list(entries)
+    return http.Fields.from_list(_wit_http.response_fields(response))
 
 
 def _send(response: HttpResponse, response_out: http.ResponseOutparam) -> None:

@@ -68,24 +68,13 @@ def body_and_trailers(data: bytes):
     return reader, trailers_reader, write()
 
 
-async def consume_request_body(request: http.Request) -> bytes:
-    """The whole body of an incoming request."""
+async def consume_body(message) -> bytes:
+    """The whole body of an incoming request or of the response to an
+    outbound one (`http.Request` or `http.Response`)."""
     done_writer, done_reader = wit_world.result_unit_wasi_http_types_error_code_future(
         lambda: Ok(None)
     )
-    stream, trailers = http.Request.consume_body(request, done_reader)
-    body = await read_all(stream)
-    trailers.__exit__(None, None, None)
-    await done_writer.write(Ok(None))
-    return body
-
-
-async def consume_response_body(response: http.Response) -> bytes:
-    """The whole body of a response to an outbound request."""
-    done_writer, done_reader = wit_world.result_unit_wasi_http_types_error_code_future(
-        lambda: Ok(None)
-    )
-    stream, trailers = http.Response.consume_body(response, done_reader)
+    stream, trailers = type(message).consume_body(message, done_reader)
     body = await read_all(stream)
     trailers.__exit__(None, None, None)
     await done_writer.write(Ok(None))
@@ -93,15 +82,9 @@ async def consume_response_body(response: http.Response) -> bytes:
 
 
 def _response(response: HttpResponse) -> http.Response:
-    body = response.get_body()
-    entries = [
-        (name, value.encode("latin-1"))
-        for name, value in response.headers.items()
-        if name.lower() != "content-length"
-    ]
-    entries.append(("content-length", str(len(body)).encode()))
-    reader, trailers, write = body_and_trailers(body)
-    outgoing, _sent = http.Response.new(http.Fields.from_list(entries), reader, trailers)
+    fields = http.Fields.from_list(_wit_http.response_fields(response))
+    reader, trailers, write = body_and_trailers(response.get_body())
+    outgoing, _sent = http.Response.new(fields, reader, trailers)
     outgoing.set_status_code(response.status_code)
     componentize_py_async_support.spawn(write)
     return outgoing
@@ -122,7 +105,7 @@ if hasattr(exports, "Handler"):
             # `get_body()` cannot await, so the body is read up front, except
             # for a GET or HEAD that declares none.
             if _wit_http.may_have_body(method, headers):
-                body = await consume_request_body(request)
+                body = await consume_body(request)
             else:
                 body = b""
             incoming = HttpRequest(

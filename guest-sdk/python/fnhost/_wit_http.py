@@ -5,7 +5,10 @@ variants (the same class names in WASIp2's `types` and WASIp3's
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from ._http import HttpResponse
 
 _METHOD_NAMES = ["Get", "Head", "Post", "Put", "Delete", "Connect", "Options", "Trace", "Patch"]
 
@@ -46,3 +49,15 @@ def may_have_body(method: str, headers: list[tuple[str, bytes]]) -> bool:
     return any(
         name.lower() == "content-length" and value.strip() != b"0" for name, value in headers
     )
+
+
+def response_fields(response: "HttpResponse") -> list[tuple[str, bytes]]:
+    """A response's header fields for WIT, with its exact `content-length`
+    (so the host can answer without chunked encoding)."""
+    entries = [
+        (name, value.encode("latin-1"))
+        for name, value in response.headers.items()
+        if name.lower() != "content-length"
+    ]
+    entries.append(("content-length", str(len(response.get_body())).encode()))
+    return entries

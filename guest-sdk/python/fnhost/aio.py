@@ -60,4 +60,4 @@ async def fetch(
     status = response.get_status_code()
     with response.get_headers() as response_fields:
         response_headers = Headers(response_fields.copy_all())
-    return FetchResponse(status, response_headers, await _wasi_p3.consume_response_body(response))
+    return FetchResponse(status, response_headers, await _wasi_p3.consume_body(response))

@@ -257,3 +257,13 @@ def test_a_bad_status_in_a_returned_tuple_is_a_500_not_a_trap(capsys):
         return "x", 999
 
     assert app.handle(request("GET", "http://h/odd")).status_code == 500
+
+
+def test_response_fields_carry_the_exact_length_once():
+    from fnhost._wit_http import response_fields
+
+    response = func.HttpResponse("héllo", headers={"Content-Length": "999", "x-a": "1"})
+    fields = response_fields(response)
+    assert ("content-length", b"6") in fields
+    assert not any(name == "Content-Length" for name, _ in fields)
+    assert ("x-a", b"1") in fields
