@@ -370,11 +370,11 @@ def wrk(url, connections, seconds, threads=1, pin=None):
 # ---------------------------------------------------------------- scenarios
 
 
-def scenario_hello(kind, d, pinned):
+def scenario_hello(kind, d, pinned, guest="hello", connections=64):
     pin_server, pin_wrk = (0, 1) if pinned else (None, None)
-    server = kind.start("hello", pin=pin_server)
+    server = kind.start(guest, pin=pin_server)
     try:
-        result = wrk(server.url(kind.path("hello")), 64, d["load_s"], pin=pin_wrk)
+        result = wrk(server.url(kind.path(guest)), connections, d["load_s"], pin=pin_wrk)
         result["peak_rss_mib"] = (server.peak_rss_kib() or 0) / 1024
         return result
     finally:
@@ -553,17 +553,6 @@ def scenario_queue(kind, d, backend):
 PYTHON_CONNECTIONS = 8
 
 
-def scenario_python_hello(kind, d, guest):
-    """A Python hello, `wrk -t1 -c8`: what a CPython instance costs."""
-    server = kind.start(guest)
-    try:
-        result = wrk(server.url(kind.path(guest)), PYTHON_CONNECTIONS, d["load_s"])
-        result["peak_rss_mib"] = (server.peak_rss_kib() or 0) / 1024
-        return result
-    finally:
-        server.stop()
-
-
 def scenario_python_io(kind, d):
     """An `async def` awaiting 50 ms at 500 connections."""
     server = kind.start("py-async")
@@ -589,8 +578,9 @@ SCENARIOS = {
     "cold-start-warm-cache": lambda kind, d: scenario_cold_start(kind, d, warm=True),
     "queue-embedded": lambda kind, d: scenario_queue(kind, d, "embedded"),
     "queue-redis": lambda kind, d: scenario_queue(kind, d, "redis"),
-    "python-hello": lambda kind, d: scenario_python_hello(kind, d, "py-hello"),
-    "python-raw-hello": lambda kind, d: scenario_python_hello(kind, d, "py-raw"),
+    # What a CPython instance costs: `wrk -t1 -c8`.
+    "python-hello": lambda kind, d: scenario_hello(kind, d, False, "py-hello", PYTHON_CONNECTIONS),
+    "python-raw-hello": lambda kind, d: scenario_hello(kind, d, False, "py-raw", PYTHON_CONNECTIONS),
     "python-io": scenario_python_io,
 }
 

@@ -68,6 +68,8 @@ fn ready_pids(server: &Server) -> Vec<u32> {
         .collect()
 }
 
+/// Like `support::wait_until`, polling less often: these checks start a
+/// `fnhost queue stats` process each time.
 fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {

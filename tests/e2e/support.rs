@@ -432,3 +432,13 @@ pub fn slow_upstream(delay: Duration) -> SocketAddr {
     });
     addr
 }
+
+/// Waits until `ready` returns true, or panics after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}

@@ -1,7 +1,7 @@
 //! Worker processes: supervision, even dispatch, crash recovery, the admin
 //! endpoint, drain, and hardening, with real processes killed for real.
 
-use crate::support::{Server, client, example};
+use crate::support::{Server, client, example, wait_until};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,16 +47,6 @@ fn kill(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// Waits until `ready` returns true, or panics after `timeout`.
-fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 #[test]
