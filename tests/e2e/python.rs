@@ -4,7 +4,7 @@
 
 use crate::support::{
     Server, client, invocation_id, light_requests, python_component, quantile, run_fnhost,
-    slow_upstream, temp_dir,
+    slow_upstream, temp_dir, wait_until,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,6 +83,34 @@ fn a_def_app_serves_its_routes_in_the_sync_lane() {
     );
 }
 
+/// CPython's initial memory (12-14 MiB) makes the sync lane reuse its
+/// instances by default, so module globals persist between calls, as in
+/// Azure's long-lived worker; `--instance-reuse 1` gives every call a fresh
+/// interpreter.
+#[test]
+fn a_def_app_keeps_its_instance_between_calls_unless_told_otherwise() {
+    let calls = |server: &Server| -> Vec<String> {
+        (0..3)
+            .map(|_| {
+                client()
+                    .get(server.url("/calls"))
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let reused = Server::start(&python_component("hello"), &["--threads", "1"]);
+    reused.wait_for_log("each instance serves up to 1000 calls", PYTHON_START);
+    assert_eq!(calls(&reused), ["1\n", "2\n", "3\n"]);
+    let fresh = Server::start(
+        &python_component("hello"),
+        &["--threads", "1", "--instance-reuse", "1"],
+    );
+    assert_eq!(calls(&fresh), ["1\n", "1\n", "1\n"]);
+}
+
 #[test]
 fn check_and_serve_agree_on_python_components() {
     for (name, lane) in [
@@ -96,6 +124,12 @@ fn check_and_serve_agree_on_python_components() {
         assert_eq!(code, 0, "{name}: {stderr}");
         assert!(
             stdout.contains(&format!("lane:      {lane}")),
+            "{name}: {stdout}"
+        );
+        // The count wasmtime's pooling allocator reported for these
+        // components when the pool was sized for Rust guests.
+        assert!(
+            stdout.contains("instance:  14 core instances"),
             "{name}: {stdout}"
         );
     }
@@ -189,16 +223,14 @@ fn a_python_queue_trigger_handles_messages_and_fails_bad_ones() {
     );
     let bad = send(r#"{"fail": true}"#);
     server.wait_for_log(&format!("job {bad} asks to fail"), Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, stats, _) = run_fnhost(&["queue", "stats", "jobs", "--data-dir", data_dir]);
-        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-        if stats["poison"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not poisoned: {stats}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "the failing message poisoned",
+        || {
+            let (_, stats, _) = run_fnhost(&["queue", "stats", "jobs", "--data-dir", data_dir]);
+            serde_json::from_str::<serde_json::Value>(&stats).unwrap()["poison"] == 1
+        },
+    );
     assert_eq!(
         client()
             .get(server.url("/health"))
@@ -282,8 +314,7 @@ fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
     );
     server.wait_for_log("without handing control back", Duration::from_secs(5));
     // Workers report their counts every second or so.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until(Duration::from_secs(5), "a stall counted", || {
         let metrics = client()
             .get(server.admin_url("/metrics"))
             .send()
@@ -295,10 +326,6 @@ fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
             .find_map(|line| line.strip_prefix("fnhost_async_stalls_total "))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("no fnhost_async_stalls_total in:\n{metrics}"));
-        if stalls >= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no stall counted:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        stalls >= 1
+    });
 }

@@ -23,6 +23,14 @@ def hello(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(f"hello, {name}\n")
 
 
+@app.route("calls")
+def count_calls(req: func.HttpRequest) -> str:
+    """How many calls this instance has served, this one included."""
+    global calls
+    calls += 1
+    return f"{calls}\n"
+
+
 @app.route("items/{id}", methods=["GET"])
 def item(req: func.HttpRequest):
     return {"id": req.route_params["id"], "method": req.method}

@@ -28,6 +28,7 @@ impl CheckCommand {
         let file = fnhost::component::read_checked(&self.component, max_memory)?;
         let marker = file.lane_marker;
         let wasip3 = file.wasip3;
+        let needs = file.needs;
         let lane = if wasip3 {
             fnhost::config::Lane::Async
         } else {
@@ -62,6 +63,14 @@ impl CheckCommand {
                 (false, Some(_)) => "from the component's fnhost:lane marker",
                 (false, None) => "no marker: the default; --mode overrides",
             }
+        );
+        println!(
+            "instance:  {} core instances, {} memories ({} KiB at start, the largest), {} tables ({} elements, the largest)",
+            needs.core_instances,
+            needs.memories,
+            needs.largest_initial_memory >> 10,
+            needs.tables,
+            needs.largest_initial_table
         );
         println!("imports:");
         for name in &loaded.imports {

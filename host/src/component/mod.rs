@@ -154,6 +154,8 @@ pub struct LoadedComponent {
     pub queue_handler: Option<String>,
     /// The lane the component asks for, if it carries a marker.
     pub lane_marker: Option<Lane>,
+    /// What one instance takes from the instance allocator.
+    pub needs: ComponentNeeds,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
     /// Time spent reading, compiling or loading.
@@ -232,6 +234,7 @@ pub fn compile(
         path,
         bytes,
         lane_marker,
+        needs,
         ..
     } = file;
     let key = CompileCache::key(engine, &bytes);
@@ -311,6 +314,7 @@ pub fn compile(
         handler,
         queue_handler,
         lane_marker,
+        needs,
         from_cache,
         load_time: started.elapsed(),
     })

@@ -109,9 +109,12 @@ pub fn start(
             Lane::Sync => {
                 let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
+                let reuse =
+                    sync_lane::instance_reuse(settings.execution.instance_reuse, &component.needs);
                 Arc::new(sync_lane::SyncLane::start(
                     pre,
                     settings,
+                    reuse,
                     tokio::runtime::Handle::current(),
                 ))
             }

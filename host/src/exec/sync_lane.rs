@@ -17,17 +17,17 @@
 //!   still can, until it disconnects (the guest waits to write).
 //! - `--instance-reuse N` lets an instance serve up to N calls; what one
 //!   call leaves in memory is then seen by the next. Without the flag the
-//!   lane decides per component, from what an instance costs: a component
-//!   that instantiates in well under a millisecond (Rust) gets a fresh
-//!   instance per call; one that takes longer (CPython, about 5 ms, most of
-//!   it faulting in the interpreter's heap) serves up to
-//!   [`SLOW_INSTANCE_REUSE`] calls per instance, as Azure's long-lived
+//!   lane decides per component, from what a fresh instance costs: one
+//!   whose initial memory is small (Rust, about 1 MiB) gets a fresh
+//!   instance per call; one with [`REUSE_FROM_INITIAL_MEMORY`] or more
+//!   (CPython's pre-initialised heap, 12-14 MiB) serves up to
+//!   [`LARGE_INSTANCE_REUSE`] calls per instance, as Azure's long-lived
 //!   Python worker keeps its module state. A trapped instance is always
 //!   dropped.
 
 use super::state::StoreState;
 use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
-use crate::component::one_line;
+use crate::component::{ComponentNeeds, one_line};
 use crate::config::Origin;
 use crate::engine::EPOCH_TICK;
 use crate::invocation::{
@@ -54,13 +54,32 @@ use wasmtime_wasi_http::p2::bindings::sync::{Proxy, ProxyPre};
 /// unless it is blocked in a host call).
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
-/// Instantiation time from which a component's instances are reused
-/// (unless `--instance-reuse` says otherwise): Rust components take 10-50
-/// µs, CPython ones 2-6 ms in a release build, so the line sits far from
-/// both.
-pub const REUSE_WHEN_INSTANTIATION_TAKES: Duration = Duration::from_millis(1);
-/// Calls one instance serves by default when instantiating is slow.
-pub const SLOW_INSTANCE_REUSE: u32 = 1000;
+/// Initial linear memory from which a component's instances are reused
+/// (unless `--instance-reuse` says otherwise). A fresh instance per call
+/// faults in, and then resets, what its memory holds at start: about 1 MiB
+/// for a Rust guest, 12-14 MiB for CPython's pre-initialised heap (which
+/// made a fresh interpreter per call cost about 6 ms of CPU). The line sits
+/// far from both, and it is a property of the file, not a measurement, so
+/// every worker decides the same way whatever the machine's load.
+pub const REUSE_FROM_INITIAL_MEMORY: u64 = 8 << 20;
+/// Calls one instance serves by default when its initial memory is large.
+pub const LARGE_INSTANCE_REUSE: u32 = 1000;
+
+/// The calls one instance serves: `--instance-reuse`, else decided from
+/// the component's initial memory.
+pub fn instance_reuse(explicit: Option<u32>, needs: &ComponentNeeds) -> u32 {
+    explicit.unwrap_or_else(|| {
+        if needs.largest_initial_memory >= REUSE_FROM_INITIAL_MEMORY {
+            tracing::info!(
+                "a fresh instance would fault in {} MiB of initial memory per call: each instance serves up to {LARGE_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
+                needs.largest_initial_memory >> 20
+            );
+            LARGE_INSTANCE_REUSE
+        } else {
+            1
+        }
+    })
+}
 
 /// One call waiting for a thread.
 struct Job {
@@ -78,66 +97,34 @@ pub struct SyncLane {
 }
 
 impl SyncLane {
-    /// Starts `--threads` threads serving `pre`. Their host calls that need
+    /// Starts `--threads` threads serving `pre`, each instance for up to
+    /// `reuse` calls (see [`instance_reuse`]). Their host calls that need
     /// async I/O (body streams, timers, outbound HTTP) run on `runtime`.
     pub fn start(
         pre: ProxyPre<StoreState>,
         settings: ExecSettings,
+        reuse: u32,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         let depth = settings.execution.queue_depth;
         let timeout = settings.limits.timeout;
         let (queue, jobs) = sync_channel(depth);
         let jobs = Arc::new(Mutex::new(jobs));
-        let mut shared = Worker {
+        let shared = Arc::new(Worker {
             outbound: settings.grants.outbound.clone().into(),
             pre,
             settings,
-            reuse: 1,
-        };
-        // The first two threads' instances, made here: the faster of the two
-        // decides the reuse default (the first also builds the memory images
-        // and touches fresh pool slots, so it is slower than the rest).
-        let (first, second) = {
-            let _entered = runtime.enter();
-            let timed = || {
-                let started = Instant::now();
-                let instance = shared.prepare();
-                (instance, started.elapsed())
-            };
-            let (first, first_took) = timed();
-            let (second, second_took) = timed();
-            let took = first_took.min(second_took);
-            let usable = first.is_ok() && second.is_ok();
-            shared.reuse = shared.settings.execution.instance_reuse.unwrap_or_else(|| {
-                if usable && took >= REUSE_WHEN_INSTANTIATION_TAKES {
-                    tracing::info!(
-                        "instantiating takes {:.1} ms: each instance serves up to {SLOW_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
-                        took.as_secs_f64() * 1000.0
-                    );
-                    SLOW_INSTANCE_REUSE
-                } else {
-                    tracing::debug!(
-                        "instantiating takes {} µs: a fresh instance per call",
-                        took.as_micros()
-                    );
-                    1
-                }
-            });
-            (first.ok(), second.ok())
-        };
-        let shared = Arc::new(shared);
-        let mut made = [first, second].into_iter();
+            reuse,
+        });
         for index in 0..shared.settings.execution.threads {
             let worker = shared.clone();
             let jobs = jobs.clone();
             let runtime = runtime.clone();
-            let warm = made.next().flatten();
             std::thread::Builder::new()
                 .name(format!("fnhost-sync-{index}"))
                 .spawn(move || {
                     let _entered = runtime.enter();
-                    worker.serve(&jobs, warm);
+                    worker.serve(&jobs);
                 })
                 .expect("spawning a sync-lane thread");
         }
@@ -210,7 +197,8 @@ struct Warm {
 
 impl Worker {
     /// The thread's loop: keep an instance warm, take a job, run it.
-    fn serve(&self, jobs: &Mutex<Receiver<Job>>, mut warm: Option<Warm>) {
+    fn serve(&self, jobs: &Mutex<Receiver<Job>>) {
+        let mut warm: Option<Warm> = None;
         loop {
             if warm.is_none() {
                 match self.prepare() {
