@@ -11,6 +11,7 @@ mod limits;
 mod outbound;
 mod python;
 mod queue;
+mod reuse;
 mod sandbox;
 mod serve;
 mod shutdown;

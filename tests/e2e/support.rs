@@ -64,26 +64,15 @@ pub fn example(name: &str) -> PathBuf {
 /// (`python3 -m fnhost.build`); `raw-*` examples, written without the SDK,
 /// through plain `componentize-py`, as their READMEs say.
 pub fn python_component(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
-        return path.clone();
-    }
     let root = repo_root();
     let source = root.join("examples").join("python").join(name);
     let sdk = root.join("guest-sdk").join("python");
-    let out_dir = python_components_dir();
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(format!("{name}.wasm"));
-    let stamp = out_dir.join(format!("{name}.inputs"));
-    let inputs = python_inputs_digest(&[&source, &sdk.join("fnhost")]);
-    let fresh = out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs);
-    if !fresh {
-        let _ = std::fs::remove_file(&stamp);
-        let status = if name.starts_with("raw-") {
+    let out_name = format!("py-{name}");
+    toolchain_component(&out_name, &[&source, &sdk.join("fnhost")], |out| {
+        if name.starts_with("raw-") {
             Command::new("componentize-py")
                 .args(["-d", "wit", "-w", "app", "componentize", "app", "-o"])
-                .arg(&out)
+                .arg(out)
                 .current_dir(&source)
                 .status()
         } else {
@@ -91,32 +80,75 @@ pub fn python_component(name: &str) -> PathBuf {
                 .args(["-m", "fnhost.build"])
                 .arg(source.join("app.py"))
                 .arg("-o")
-                .arg(&out)
+                .arg(out)
                 .env("PYTHONPATH", &sdk)
                 .status()
         }
-        .expect("running componentize-py (pip install componentize-py==0.25.1)");
-        assert!(
-            status.success(),
-            "building the Python example {name} failed"
-        );
-        std::fs::write(&stamp, &inputs).unwrap();
+        .expect("running componentize-py (pip install componentize-py==0.25.1)")
+    })
+}
+
+/// Builds the JavaScript example `examples/js/<name>` with componentize-js
+/// (through `examples/js/build.py`), like [`python_component`].
+pub fn js_component(name: &str) -> PathBuf {
+    let examples = repo_root().join("examples").join("js");
+    let wit = repo_root()
+        .join("guest-sdk")
+        .join("python")
+        .join("fnhost")
+        .join("wit")
+        .join("p2");
+    let (app, builder) = (examples.join(name), examples.join("build.py"));
+    toolchain_component(&format!("js-{name}"), &[&app, &builder, &wit], |out| {
+        Command::new("python3")
+            .arg(&builder)
+            .arg(name)
+            .arg("-o")
+            .arg(out)
+            .status()
+            .expect("running python3 examples/js/build.py")
+    })
+}
+
+/// A component built by another language's toolchain: `build` writes it to
+/// the path it is given, unless a build of the same `inputs` is there.
+fn toolchain_component(
+    name: &str,
+    inputs: &[&Path],
+    build: impl FnOnce(&Path) -> std::process::ExitStatus,
+) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let out_dir = toolchain_components_dir();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{name}.wasm"));
+    let stamp = out_dir.join(format!("{name}.inputs"));
+    let digest = inputs_digest(inputs);
+    let fresh = out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == digest);
+    if !fresh {
+        let _ = std::fs::remove_file(&stamp);
+        assert!(build(&out).success(), "building the example {name} failed");
+        std::fs::write(&stamp, &digest).unwrap();
     }
     built.push((name.to_string(), out.clone()));
     out
 }
 
-/// Where Python components are kept between runs: `FNHOST_PYTHON_BUILD_DIR`
-/// when set (CI keeps it outside the clone), else the test temp folder.
-fn python_components_dir() -> PathBuf {
-    std::env::var_os("FNHOST_PYTHON_BUILD_DIR")
+/// Where components built by componentize-py and componentize-js are kept
+/// between runs: `FNHOST_GUEST_BUILD_DIR` when set (CI keeps it outside the
+/// clone), else the test temp folder.
+fn toolchain_components_dir() -> PathBuf {
+    std::env::var_os("FNHOST_GUEST_BUILD_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-components"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-components"))
 }
 
 /// A digest of every file under `roots` (names and contents), so a
 /// component is rebuilt when its app, the SDK or its WIT changes.
-fn python_inputs_digest(roots: &[&Path]) -> String {
+fn inputs_digest(roots: &[&Path]) -> String {
     use sha2::{Digest, Sha256};
     let mut files = Vec::new();
     let mut pending: Vec<PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();

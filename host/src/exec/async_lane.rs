@@ -1,27 +1,36 @@
 //! The async lane: each invocation is a future on the tokio runtime.
 //!
-//! The store meters fuel and yields every `--yield-fuel` units; [`Fair`]
-//! turns each yield into a real one. The deadline is a tokio timer around
-//! the whole invocation: the yields let it fire, and dropping the future
-//! drops the store mid-call.
+//! - The store meters fuel and yields every `--yield-fuel` units; [`Fair`]
+//!   turns each yield into a real one.
+//! - The deadline is a tokio timer around the whole invocation: the yields
+//!   let it fire, and dropping the future drops the store mid-call.
+//! - Instances are made before the requests that use them: the lane keeps
+//!   a few ready (one per runtime worker), making the next one after a call
+//!   has answered, and an instance serves up to the component's reuse limit
+//!   (`reuse.rs`) before it is replaced. Only a burst larger than what is
+//!   ready instantiates on a request's path.
 
 use super::fair::{Fair, FairShare};
+use super::reuse::{Replay, ReusePolicy, may_run_again};
 use super::state::StoreState;
-use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use super::{Answer, ExecSettings, body_error_to_wasi, classify, host_response, new_state};
 use crate::component::one_line;
 use crate::config::Origin;
 use crate::invocation::{
-    Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
+    Body, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
 };
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+
+/// Most idle instances the lane keeps for reuse; more are dropped when
+/// their call ends (each holds its linear memory: 15-30 MiB for CPython).
+const MAX_IDLE: usize = 32;
 
 /// Runs invocations as futures on the current tokio runtime.
 pub struct AsyncLane {
@@ -33,19 +42,49 @@ struct Inner {
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
     share: FairShare,
+    reuse: ReusePolicy,
+    /// Instances waiting for a call: fresh ones made ahead of time, and
+    /// used ones that may serve again. Taken last in, first out.
+    idle: Mutex<Vec<Warm>>,
+    /// Fresh instances kept ready.
+    ready_target: usize,
+}
+
+/// An instance and the calls it has served.
+struct Warm {
+    store: Store<StoreState>,
+    proxy: Proxy,
+    calls: u32,
+}
+
+/// How one call on one instance ended.
+struct Ended {
+    result: Result<(), InvocationError>,
+    /// The instance, when it may serve another call.
+    instance: Option<Warm>,
+    /// Outbound requests the guest sent during the call.
+    outbound: u32,
 }
 
 impl AsyncLane {
-    /// A lane instantiating `pre` for every invocation.
-    pub fn new(pre: ProxyPre<StoreState>, settings: ExecSettings) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pre,
-                outbound: settings.grants.outbound.clone().into(),
-                settings,
-                share: FairShare::for_workers(tokio_workers()),
-            }),
+    /// A lane serving `pre`, each instance for up to `reuse` calls. Call it
+    /// inside the tokio runtime that will run the calls: it starts making
+    /// the first instances there.
+    pub fn new(pre: ProxyPre<StoreState>, settings: ExecSettings, reuse: u32) -> Self {
+        let workers = tokio_workers();
+        let inner = Arc::new(Inner {
+            pre,
+            outbound: settings.grants.outbound.clone().into(),
+            settings,
+            share: FairShare::for_workers(workers),
+            reuse: ReusePolicy::new(reuse),
+            idle: Mutex::new(Vec::new()),
+            ready_target: workers,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(inner.clone().make_ready());
         }
+        Self { inner }
     }
 }
 
@@ -54,105 +93,229 @@ impl Dispatch for AsyncLane {
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        Box::pin(self.inner.clone().run_http(invocation))
+        let (answer, answered) = Answer::new();
+        // The guest runs in its own task: it may keep streaming the response
+        // body after the head has been handed to the trigger.
+        let guest = tokio::spawn(self.inner.clone().serve(invocation, answer));
+        Box::pin(async move {
+            match answered.await {
+                Ok(result) => result,
+                Err(_) => Err(InvocationError::new(
+                    FailureKind::Trap,
+                    match guest.await {
+                        Err(join) => format!("the invocation task failed: {join}"),
+                        Ok(()) => "the invocation ended without an answer".to_string(),
+                    },
+                )),
+            }
+        })
     }
 }
 
 impl Inner {
-    fn new_store(&self, id: InvocationId) -> Result<Store<StoreState>, InvocationError> {
-        new_async_store(self.pre.engine(), &self.settings, &self.outbound, id)
+    /// One invocation, from taking an instance to keeping instances ready
+    /// for the next ones.
+    async fn serve(self: Arc<Self>, invocation: HttpInvocation, answer: Answer) {
+        let HttpInvocation { id, request } = invocation;
+        let timeout = self.settings.limits.timeout;
+        let call = Fair::new(self.call(id, request, &answer), self.share.clone());
+        let outcome = match tokio::time::timeout(timeout, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(InvocationError::new(
+                FailureKind::Timeout,
+                format!("ran past its {} ms timeout", timeout.as_millis()),
+            )),
+        };
+        if let Err(error) = outcome
+            && !answer.send(Err(InvocationError::new(error.kind, error.detail.clone())))
+        {
+            tracing::warn!(
+                "[{id}] invocation failed after its response started: {}: {}",
+                error.kind,
+                error.detail
+            );
+        }
+        self.make_ready().await;
     }
 
-    async fn run_http(self: Arc<Self>, invocation: HttpInvocation) -> DispatchResult {
-        let HttpInvocation { id, request } = invocation;
-        let mut store = self.new_store(id)?;
-        let request = request.map(|body| body.map_err(body_error_to_wasi));
-        let (response_tx, response_rx) = tokio::sync::oneshot::channel();
-        let responded = Arc::new(AtomicBool::new(false));
-        let (incoming, outparam) = {
-            let mut http = store.data_mut().http();
-            let incoming = http
-                .new_incoming_request(Scheme::Http, request)
-                .map_err(|e| InvocationError::new(FailureKind::Trap, one_line(&e)))?;
-            let flag = responded.clone();
-            let outparam = http
-                .new_response_outparam_from_callback(move |response| {
-                    flag.store(true, Ordering::Release);
-                    let _ = response_tx.send(response);
-                })
-                .map_err(|e| InvocationError::new(FailureKind::Trap, one_line(&e)))?;
-            (incoming, outparam)
+    /// Runs the call on an instance; if it failed on a reused instance in a
+    /// way that cannot have had effects, runs it once more on a fresh one.
+    async fn call(
+        &self,
+        id: InvocationId,
+        request: http::Request<Body>,
+        answer: &Answer,
+    ) -> Result<(), InvocationError> {
+        let instance = match self.take_idle() {
+            Some(instance) => instance,
+            None => self.instantiate().await?,
         };
-
-        // The guest runs in its own task: it may keep streaming the response
-        // body after the head has been handed to the trigger.
-        let timeout = self.settings.limits.timeout;
-        let pre = self.pre.clone();
-        let share = self.share.clone();
-        let guest = tokio::spawn(async move {
-            let call = Fair::new(
-                async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, incoming, outparam)
-                        .await
-                },
-                share,
-            );
-            let outcome = match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(classify(&error, store.data().limiter.exceeded())),
-                Err(_) => Err(InvocationError::new(
-                    FailureKind::Timeout,
-                    format!("ran past its {} ms timeout", timeout.as_millis()),
-                )),
-            };
-            if let Err(error) = &outcome
-                && responded.load(Ordering::Acquire)
-            {
-                tracing::warn!(
-                    "[{id}] invocation failed after its response started: {}: {}",
-                    error.kind,
-                    error.detail
-                );
+        let reused = instance.calls > 0;
+        let (request, replay) = if reused {
+            let (request, replay) = Replay::keep(request);
+            (request, Some(replay))
+        } else {
+            (request, None)
+        };
+        let ended = self.call_on(instance, id, request, answer).await;
+        let failure = match ended.result {
+            Ok(()) => {
+                self.reuse.record(reused, true);
+                self.keep(ended.instance);
+                return Ok(());
             }
-            outcome
-        });
+            Err(failure) => failure,
+        };
+        let dirs = !self.settings.grants.dirs.is_empty();
+        let again = replay
+            .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
+            .and_then(Replay::take);
+        let Some(request) = again else {
+            self.reuse.record(reused, false);
+            return Err(failure);
+        };
+        tracing::info!(
+            "[{id}] failed on a reused instance ({}: {}); running it again on a fresh one",
+            failure.kind,
+            failure.detail
+        );
+        let fresh = self.instantiate().await?;
+        let ended = self.call_on(fresh, id, request, answer).await;
+        match ended.result {
+            Ok(()) => {
+                self.reuse.confirmed_by_retry(&failure);
+                self.keep(ended.instance);
+                Ok(())
+            }
+            Err(error) => {
+                self.reuse.record(false, false);
+                Err(error)
+            }
+        }
+    }
 
-        match response_rx.await {
-            Ok(Ok(response)) => Ok(host_response(response)),
-            Ok(Err(code)) => Err(InvocationError::new(
+    /// Runs one call on `instance`.
+    async fn call_on(
+        &self,
+        mut instance: Warm,
+        id: InvocationId,
+        request: http::Request<Body>,
+        answer: &Answer,
+    ) -> Ended {
+        let failed = |error: InvocationError| Ended {
+            result: Err(error),
+            instance: None,
+            outbound: 0,
+        };
+        let store = &mut instance.store;
+        store.data_mut().begin(id);
+        let budget = self.settings.execution.max_fuel.unwrap_or(u64::MAX);
+        if let Err(error) = store.set_fuel(budget) {
+            return failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
+        }
+        let request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
+        let resources = {
+            let mut http = store.data_mut().http();
+            let sender = answer.clone();
+            http.new_incoming_request(Scheme::Http, request)
+                .and_then(|incoming| {
+                    let outparam = http.new_response_outparam_from_callback(move |response| {
+                        sender.send(match response {
+                            Ok(response) => Ok(host_response(response)),
+                            Err(code) => Err(InvocationError::new(
+                                FailureKind::Trap,
+                                format!("the guest answered with error code {code:?}"),
+                            )),
+                        });
+                    })?;
+                    Ok((incoming, outparam))
+                })
+        };
+        let (incoming, outparam) = match resources {
+            Ok(resources) => resources,
+            Err(error) => {
+                return failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
+            }
+        };
+        let result = instance
+            .proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut instance.store, incoming, outparam)
+            .await;
+        instance.calls += 1;
+        let outbound = instance.store.data().outbound_requests();
+        let result = match result {
+            Ok(()) if answer.is_answered() => Ok(()),
+            Ok(()) => Err(InvocationError::new(
                 FailureKind::Trap,
-                format!("the guest answered with error code {code:?}"),
+                "the guest returned without setting a response",
             )),
-            Err(_) => match guest.await {
-                Ok(Ok(())) => Err(InvocationError::new(
-                    FailureKind::Trap,
-                    "the guest returned without setting a response",
-                )),
-                Ok(Err(error)) => Err(error),
-                Err(join) => Err(InvocationError::new(
-                    FailureKind::Trap,
-                    format!("the invocation task failed: {join}"),
-                )),
-            },
+            Err(error) => Err(classify(&error, instance.store.data().limiter.exceeded())),
+        };
+        Ended {
+            instance: result.is_ok().then_some(instance),
+            result,
+            outbound,
+        }
+    }
+
+    /// A new instance (its start code runs with the lane's fuel and yields).
+    async fn instantiate(&self) -> Result<Warm, InvocationError> {
+        let mut store = new_async_store(self.pre.engine(), &self.settings, &self.outbound)?;
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(proxy) => Ok(Warm {
+                store,
+                proxy,
+                calls: 0,
+            }),
+            Err(error) => Err(classify(&error, store.data().limiter.exceeded())),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Warm> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Puts an instance that served a call back, if it may serve another.
+    fn keep(&self, instance: Option<Warm>) {
+        let Some(instance) = instance else { return };
+        if instance.calls >= self.reuse.limit() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(instance);
+        }
+    }
+
+    /// Makes fresh instances until `ready_target` wait idle. A failure is
+    /// left for the next request to meet (and report) on its own path.
+    async fn make_ready(self: Arc<Self>) {
+        let idle = || self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+        while idle() < self.ready_target {
+            let made = Fair::new(self.instantiate(), self.share.clone());
+            match tokio::time::timeout(self.settings.limits.timeout, made).await {
+                Ok(Ok(instance)) => {
+                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() >= self.ready_target {
+                        return;
+                    }
+                    idle.push(instance);
+                }
+                Ok(Err(_)) | Err(_) => return,
+            }
         }
     }
 }
 
-/// Worker threads of the current tokio runtime (the multi-thread runtime
-/// fnhost builds has one per core).
-/// A store for one async-lane call: fuel metered, yielding every
+/// A store for async-lane calls: fuel metered, yielding every
 /// `--yield-fuel` units, within `--max-fuel` if set.
 pub(super) fn new_async_store(
     engine: &wasmtime::Engine,
     settings: &ExecSettings,
     outbound: &Arc<[Origin]>,
-    id: InvocationId,
 ) -> Result<Store<StoreState>, InvocationError> {
-    let mut state = new_state(settings, outbound)?;
-    state.begin(id);
+    let state = new_state(settings, outbound)?;
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     let execution = &settings.execution;

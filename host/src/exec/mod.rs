@@ -13,8 +13,9 @@
 //! - `P3Lane`: WASIp3 components, in the async lane, on reused instances
 //!   that run several calls at once.
 //!
-//! WASIp2 invocations get a fresh instance unless `--instance-reuse` says
-//! otherwise (sync lane); no lane reuses an instance that trapped.
+//! WASIp2 instances are reused as `--instance-reuse` (or the component's
+//! size) says, in either lane, until reuse is seen to break the component
+//! (`reuse.rs`); no lane reuses an instance that failed a call.
 
 mod async_lane;
 mod fair;
@@ -23,6 +24,7 @@ mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_lane;
 mod queue_lane;
+mod reuse;
 #[cfg(feature = "wasip3")]
 mod stall;
 mod state;
@@ -30,10 +32,11 @@ mod sync_lane;
 
 use crate::component::{HandlerKind, LoadError, LoadedComponent, one_line};
 use crate::config::{ExecutionConfig, GuestGrants, InvocationLimits, Lane, Origin};
-use crate::invocation::{Body, BodyError, Dispatch, FailureKind, InvocationError};
+use crate::invocation::{Body, BodyError, Dispatch, DispatchResult, FailureKind, InvocationError};
 use http_body_util::BodyExt;
 use state::StoreState;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -104,13 +107,15 @@ pub fn start(
             Lane::Async => {
                 let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
-                Arc::new(async_lane::AsyncLane::new(pre, settings))
+                let reuse =
+                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
+                Arc::new(async_lane::AsyncLane::new(pre, settings, reuse))
             }
             Lane::Sync => {
                 let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
                 let reuse =
-                    sync_lane::instance_reuse(settings.execution.instance_reuse, &component.needs);
+                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
                 Arc::new(sync_lane::SyncLane::start(
                     pre,
                     settings,
@@ -224,6 +229,39 @@ fn new_state(
         settings.limits.timeout,
     )
     .map_err(|e| InvocationError::new(FailureKind::Capacity, one_line(&e)))
+}
+
+/// Where one call's answer goes: the guest's response (or the error code it
+/// answered with), or the lane's own failure, whichever comes first. The
+/// guest's response callback and the lane hold it together.
+#[derive(Clone)]
+struct Answer(Arc<Mutex<Option<oneshot::Sender<DispatchResult>>>>);
+
+impl Answer {
+    fn new() -> (Self, oneshot::Receiver<DispatchResult>) {
+        let (sender, receiver) = oneshot::channel();
+        (Self::from_sender(sender), receiver)
+    }
+
+    fn from_sender(sender: oneshot::Sender<DispatchResult>) -> Self {
+        Self(Arc::new(Mutex::new(Some(sender))))
+    }
+
+    /// Sends `result` unless the call was answered already; says whether it did.
+    fn send(&self, result: DispatchResult) -> bool {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(sender) => {
+                let _ = sender.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the call has been answered.
+    fn is_answered(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
 }
 
 /// Decides which failure a wasmtime error is.

@@ -21,6 +21,8 @@ pub struct OutboundPolicy {
     /// First-byte and between-bytes timeouts are capped at the invocation's
     /// own timeout: waiting longer could never produce a response.
     max_wait: Duration,
+    /// Requests the guest sent (or tried to) since the call began.
+    sent: u32,
 }
 
 impl OutboundPolicy {
@@ -31,7 +33,19 @@ impl OutboundPolicy {
             invocation,
             allowed,
             max_wait,
+            sent: 0,
         }
+    }
+
+    /// Starts counting a new call's requests.
+    pub fn begin(&mut self) {
+        self.sent = 0;
+    }
+
+    /// Requests the guest sent, or tried to, during this call: any of them
+    /// may have had an effect elsewhere, so such a call is never run again.
+    pub fn sent(&self) -> u32 {
+        self.sent
     }
 
     fn capped(&self, options: Option<RequestOptions>) -> RequestOptions {
@@ -57,6 +71,7 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, ResponseFuture), Error>> + Send>
     {
         drop(fut);
+        self.sent = self.sent.saturating_add(1);
         let uri = request.uri();
         if !self.allowed.iter().any(|origin| origin.matches(uri)) {
             tracing::warn!(

@@ -127,8 +127,8 @@ impl QueueRunner {
         let Pre::Async(pre) = &self.pre else {
             unreachable!("run_async is only called for the async lane")
         };
-        let mut store =
-            new_async_store(pre.engine(), &self.settings, &self.outbound, invocation.id)?;
+        let mut store = new_async_store(pre.engine(), &self.settings, &self.outbound)?;
+        store.data_mut().begin(invocation.id);
         let message = async_message(invocation.message);
         let call = Fair::new(
             async {

@@ -82,6 +82,12 @@ impl StoreState {
     pub fn begin(&mut self, id: InvocationId) {
         self.invocation.set(id);
         self.limiter.exceeded = false;
+        self.outbound.begin();
+    }
+
+    /// Outbound HTTP requests the guest sent (or tried to) in this call.
+    pub fn outbound_requests(&self) -> u32 {
+        self.outbound.sent()
     }
 }
 

@@ -15,19 +15,16 @@
 //!   request body fails at the deadline, so a client that stops sending
 //!   cannot hold a thread; a client that stops *reading* a large response
 //!   still can, until it disconnects (the guest waits to write).
-//! - `--instance-reuse N` lets an instance serve up to N calls; what one
-//!   call leaves in memory is then seen by the next. Without the flag the
-//!   lane decides per component, from what a fresh instance costs: one
-//!   whose initial memory is small (Rust, about 1 MiB) gets a fresh
-//!   instance per call; one with [`REUSE_FROM_INITIAL_MEMORY`] or more
-//!   (CPython's pre-initialised heap, 12-14 MiB) serves up to
-//!   [`LARGE_INSTANCE_REUSE`] calls per instance, as Azure's long-lived
-//!   Python worker keeps its module state. A trapped instance is always
-//!   dropped.
+//! - An instance serves as many calls as `reuse.rs` allows (`--instance-reuse`,
+//!   or many for a component with a large initial memory such as CPython's);
+//!   what one call leaves in memory is then seen by the next. A failed
+//!   instance is always dropped, and a call that failed on a reused
+//!   instance before it could have had effects runs again on a fresh one.
 
+use super::reuse::{Replay, ReusePolicy, may_run_again};
 use super::state::StoreState;
-use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
-use crate::component::{ComponentNeeds, one_line};
+use super::{Answer, ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use crate::component::one_line;
 use crate::config::Origin;
 use crate::engine::EPOCH_TICK;
 use crate::invocation::{
@@ -54,33 +51,6 @@ use wasmtime_wasi_http::p2::bindings::sync::{Proxy, ProxyPre};
 /// unless it is blocked in a host call).
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
-/// Initial linear memory from which a component's instances are reused
-/// (unless `--instance-reuse` says otherwise). A fresh instance per call
-/// faults in, and then resets, what its memory holds at start: about 1 MiB
-/// for a Rust guest, 12-14 MiB for CPython's pre-initialised heap (which
-/// made a fresh interpreter per call cost about 6 ms of CPU). The line sits
-/// far from both, and it is a property of the file, not a measurement, so
-/// every worker decides the same way whatever the machine's load.
-pub const REUSE_FROM_INITIAL_MEMORY: u64 = 8 << 20;
-/// Calls one instance serves by default when its initial memory is large.
-pub const LARGE_INSTANCE_REUSE: u32 = 1000;
-
-/// The calls one instance serves: `--instance-reuse`, else decided from
-/// the component's initial memory.
-pub fn instance_reuse(explicit: Option<u32>, needs: &ComponentNeeds) -> u32 {
-    explicit.unwrap_or_else(|| {
-        if needs.largest_initial_memory >= REUSE_FROM_INITIAL_MEMORY {
-            tracing::info!(
-                "a fresh instance would fault in {} MiB of initial memory per call: each instance serves up to {LARGE_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
-                needs.largest_initial_memory >> 20
-            );
-            LARGE_INSTANCE_REUSE
-        } else {
-            1
-        }
-    })
-}
-
 /// One call waiting for a thread.
 struct Job {
     id: InvocationId,
@@ -98,7 +68,7 @@ pub struct SyncLane {
 
 impl SyncLane {
     /// Starts `--threads` threads serving `pre`, each instance for up to
-    /// `reuse` calls (see [`instance_reuse`]). Their host calls that need
+    /// `reuse` calls (see `reuse.rs`). Their host calls that need
     /// async I/O (body streams, timers, outbound HTTP) run on `runtime`.
     pub fn start(
         pre: ProxyPre<StoreState>,
@@ -114,7 +84,7 @@ impl SyncLane {
             outbound: settings.grants.outbound.clone().into(),
             pre,
             settings,
-            reuse,
+            reuse: ReusePolicy::new(reuse),
         });
         for index in 0..shared.settings.execution.threads {
             let worker = shared.clone();
@@ -185,7 +155,7 @@ struct Worker {
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
     /// Calls one instance serves before it is replaced.
-    reuse: u32,
+    reuse: ReusePolicy,
 }
 
 /// A pre-created instance and the calls it has served.
@@ -267,14 +237,78 @@ impl Worker {
         })
     }
 
-    /// Runs one job on `instance`; returns the instance if it may serve again.
-    fn run(&self, mut instance: Warm, job: Job) -> Option<Warm> {
+    /// Runs one job on `instance`; returns the instance that may serve the
+    /// next job, if any. A call that failed on a reused instance before it
+    /// could have had effects runs again on a fresh one.
+    fn run(&self, instance: Warm, job: Job) -> Option<Warm> {
         let Job {
             id,
             request,
             deadline,
             respond,
         } = job;
+        // The response head goes to the caller as soon as the guest sets it;
+        // the guest may keep writing the body on this thread afterwards.
+        let answer = Answer::from_sender(respond);
+        let reused = instance.calls > 0;
+        let (request, replay) = if reused {
+            let (request, replay) = Replay::keep(request);
+            (request, Some(replay))
+        } else {
+            (request, None)
+        };
+        let ended = self.call_on(instance, id, request, deadline, &answer);
+        let failure = match ended.result {
+            Ok(()) => {
+                self.reuse.record(reused, true);
+                return ended.instance;
+            }
+            Err(failure) => failure,
+        };
+        let dirs = !self.settings.grants.dirs.is_empty();
+        let again = replay
+            .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
+            .and_then(Replay::take);
+        let Some(request) = again else {
+            self.reuse.record(reused, false);
+            report(id, &answer, failure);
+            return None;
+        };
+        tracing::info!(
+            "[{id}] failed on a reused instance ({}: {}); running it again on a fresh one",
+            failure.kind,
+            failure.detail
+        );
+        let ended = match self.prepare() {
+            Ok(fresh) => self.call_on(fresh, id, request, deadline, &answer),
+            Err(error) => {
+                report(id, &answer, error);
+                return None;
+            }
+        };
+        match ended.result {
+            Ok(()) => {
+                self.reuse.confirmed_by_retry(&failure);
+                // Kept before reuse stopped: not any more.
+                ended.instance.filter(|fresh| fresh.calls < self.reuse.limit())
+            }
+            Err(error) => {
+                self.reuse.record(false, false);
+                report(id, &answer, error);
+                None
+            }
+        }
+    }
+
+    /// Runs one call on `instance`, within `deadline`.
+    fn call_on(
+        &self,
+        mut instance: Warm,
+        id: InvocationId,
+        request: http::Request<Body>,
+        deadline: Instant,
+        answer: &Answer,
+    ) -> Ended {
         let store = &mut instance.store;
         store.data_mut().begin(id);
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -282,16 +316,9 @@ impl Worker {
         if let Some(budget) = self.settings.execution.max_fuel
             && let Err(error) = store.set_fuel(budget)
         {
-            let _ = respond.send(Err(InvocationError::new(
-                FailureKind::Trap,
-                one_line(&error),
-            )));
-            return None;
+            return Ended::failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
         }
 
-        // The response head goes to the caller as soon as the guest sets it;
-        // the guest may keep writing the body on this thread afterwards.
-        let respond = Arc::new(Mutex::new(Some(respond)));
         // A guest blocked reading the request body is inside a host call,
         // where the epoch deadline cannot reach it; the body itself ends
         // with an error at the deadline, so a client that stops sending
@@ -304,36 +331,28 @@ impl Worker {
         let resources = {
             let mut http = store.data_mut().http();
             let incoming = http.new_incoming_request(Scheme::Http, request);
-            let sender = respond.clone();
+            let sender = answer.clone();
             let outparam = http.new_response_outparam_from_callback(move |response| {
-                if let Some(respond) = take(&sender) {
-                    let _ = respond.send(match response {
-                        Ok(response) => Ok(host_response(response)),
-                        // Past the deadline an error answer is what the
-                        // deadline caused (the request body ends there).
-                        Err(code) if Instant::now() >= deadline => Err(InvocationError::new(
-                            FailureKind::Timeout,
-                            format!("ran past its deadline (the guest answered {code:?})"),
-                        )),
-                        Err(code) => Err(InvocationError::new(
-                            FailureKind::Trap,
-                            format!("the guest answered with error code {code:?}"),
-                        )),
-                    });
-                }
+                sender.send(match response {
+                    Ok(response) => Ok(host_response(response)),
+                    // Past the deadline an error answer is what the
+                    // deadline caused (the request body ends there).
+                    Err(code) if Instant::now() >= deadline => Err(InvocationError::new(
+                        FailureKind::Timeout,
+                        format!("ran past its deadline (the guest answered {code:?})"),
+                    )),
+                    Err(code) => Err(InvocationError::new(
+                        FailureKind::Trap,
+                        format!("the guest answered with error code {code:?}"),
+                    )),
+                });
             });
             incoming.and_then(|incoming| Ok((incoming, outparam?)))
         };
         let (incoming, outparam) = match resources {
             Ok(resources) => resources,
             Err(error) => {
-                if let Some(respond) = take(&respond) {
-                    let _ = respond.send(Err(InvocationError::new(
-                        FailureKind::Trap,
-                        one_line(&error),
-                    )));
-                }
-                return None;
+                return Ended::failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
             }
         };
 
@@ -343,39 +362,51 @@ impl Worker {
             outparam,
         );
         instance.calls += 1;
-        match result {
-            Ok(()) => {
-                if let Some(respond) = take(&respond) {
-                    let _ = respond.send(Err(InvocationError::new(
-                        FailureKind::Trap,
-                        "the guest returned without setting a response",
-                    )));
-                }
-                (instance.calls < self.reuse).then_some(instance)
-            }
-            Err(error) => {
-                let failure = classify(&error, instance.store.data().limiter.exceeded());
-                match take(&respond) {
-                    Some(respond) => {
-                        let _ = respond.send(Err(failure));
-                    }
-                    None => tracing::warn!(
-                        "[{id}] invocation failed after its response started: {}: {}",
-                        failure.kind,
-                        failure.detail
-                    ),
-                }
-                // A trapped instance is never used again.
-                None
-            }
+        let outbound = instance.store.data().outbound_requests();
+        let result = match result {
+            Ok(()) if answer.is_answered() => Ok(()),
+            Ok(()) => Err(InvocationError::new(
+                FailureKind::Trap,
+                "the guest returned without setting a response",
+            )),
+            // A failed instance is never used again.
+            Err(error) => Err(classify(&error, instance.store.data().limiter.exceeded())),
+        };
+        let keep = result.is_ok() && instance.calls < self.reuse.limit();
+        Ended {
+            instance: keep.then_some(instance),
+            result,
+            outbound,
         }
     }
 }
 
-fn take(
-    slot: &Mutex<Option<oneshot::Sender<DispatchResult>>>,
-) -> Option<oneshot::Sender<DispatchResult>> {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+/// How one call on one instance ended.
+struct Ended {
+    result: Result<(), InvocationError>,
+    /// The instance, when it may serve another call.
+    instance: Option<Warm>,
+    /// Outbound requests the guest sent during the call.
+    outbound: u32,
+}
+
+impl Ended {
+    fn failed(error: InvocationError) -> Self {
+        Self {
+            result: Err(error),
+            instance: None,
+            outbound: 0,
+        }
+    }
+}
+
+/// Answers the caller with `failure`, or logs it when the response had
+/// already started.
+fn report(id: InvocationId, answer: &Answer, failure: InvocationError) {
+    let (kind, detail) = (failure.kind, failure.detail.clone());
+    if !answer.send(Err(failure)) {
+        tracing::warn!("[{id}] invocation failed after its response started: {kind}: {detail}");
+    }
 }
 
 /// A request body that fails once `deadline` has passed.
