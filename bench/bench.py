@@ -45,28 +45,39 @@ EXAMPLES = EXAMPLES_TARGET / "wasm32-wasip2" / "release"
 # (no lane marker), as a user would write it for `wasmtime serve`.
 PYTHON_GUESTS = {"py-hello": "hello", "py-async": "fanout", "py-raw": "raw-p2"}
 PYTHON_P3_GUESTS = {"py-async"}
-PYTHON_COMPONENTS = Path(os.environ.get("FNHOST_PYTHON_BUILD_DIR") or ROOT / "bench" / ".cache" / "python")
+# JavaScript guests (componentize-js, through examples/js/build.py): bench
+# name -> examples/js folder. A fetch-event handler, no lane marker.
+JS_GUESTS = {"js-hello": "hello"}
+TOOLCHAIN_COMPONENTS = Path(os.environ.get("FNHOST_GUEST_BUILD_DIR")
+                            or ROOT / "bench" / ".cache" / "guests")
 
 
 def guest_wasm(guest):
     """The component file of a bench guest."""
-    if guest in PYTHON_GUESTS:
-        return PYTHON_COMPONENTS / f"{guest}.wasm"
+    if guest in PYTHON_GUESTS or guest in JS_GUESTS:
+        return TOOLCHAIN_COMPONENTS / f"bench-{guest}.wasm"
     return EXAMPLES / f"{guest}.wasm"
 
 
-def build_python_guests():
-    """Builds the Python guests with componentize-py (about 15 s each)."""
-    PYTHON_COMPONENTS.mkdir(parents=True, exist_ok=True)
+def build_toolchain_guests(scenarios):
+    """Builds the Python guests with componentize-py and the JavaScript ones
+    with componentize-js (15-20 s each), for the scenarios that use them."""
+    TOOLCHAIN_COMPONENTS.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "guest-sdk" / "python"))
-    for guest, folder in PYTHON_GUESTS.items():
-        source = ROOT / "examples" / "python" / folder
-        out = str(guest_wasm(guest))
-        if folder.startswith("raw-"):
-            run(["componentize-py", "-d", "wit", "-w", "app", "componentize", "app", "-o", out],
-                cwd=source)
-        else:
-            run([sys.executable, "-m", "fnhost.build", str(source / "app.py"), "-o", out], env=env)
+    if PYTHON_SCENARIOS & set(scenarios):
+        for guest, folder in PYTHON_GUESTS.items():
+            source = ROOT / "examples" / "python" / folder
+            out = str(guest_wasm(guest))
+            if folder.startswith("raw-"):
+                run(["componentize-py", "-d", "wit", "-w", "app", "componentize", "app", "-o", out],
+                    cwd=source)
+            else:
+                run([sys.executable, "-m", "fnhost.build", str(source / "app.py"), "-o", out],
+                    env=env)
+    if JS_SCENARIOS & set(scenarios):
+        for guest, folder in JS_GUESTS.items():
+            run([sys.executable, str(ROOT / "examples" / "js" / "build.py"), folder,
+                 "-o", str(guest_wasm(guest))])
 
 # Little's law bound of the io scenario: 500 connections / 50 ms each.
 IO_CONNECTIONS = 500
@@ -279,7 +290,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
         ServerKind("fnhost", fnhost_argv, wasm_path,
                    only=set(SCENARIOS)),
         ServerKind("fnhost-in-process", fnhost_in_process_argv, wasm_path,
-                   only=worker_scenarios | PYTHON_SCENARIOS
+                   only=worker_scenarios | TOOLCHAIN_SCENARIOS
                    | {"hello-pinned", "io", "fairness",
                       "cold-start-cold-cache", "cold-start-warm-cache"}),
         ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
@@ -307,6 +318,14 @@ def server_kinds(fnhost, native, wasmtime, quick):
         return [wasmtime, "serve", *wasmtime_features(guest), "--addr", f"127.0.0.1:{port}",
                 *WASMTIME_TUNED_FLAGS, str(guest_wasm(guest))]
 
+    def wasmtime_reuse(guest, port, extra):
+        # Instance reuse and nothing else (no timeout, so no epoch checks):
+        # the fastest `wasmtime serve` found for the Python and JavaScript
+        # guests, whose instances are large.
+        return [wasmtime, "serve", *wasmtime_features(guest), "--addr", f"127.0.0.1:{port}",
+                "-O", "pooling-allocator=y", "--max-instance-reuse-count", "1000",
+                str(guest_wasm(guest))]
+
     def native_argv(guest, port, extra):
         return [str(native), f"127.0.0.1:{port}"]
 
@@ -314,7 +333,8 @@ def server_kinds(fnhost, native, wasmtime, quick):
     kinds += [
         ServerKind("wasmtime-default", wasmtime_default, wasm_path, only=others),
         ServerKind("wasmtime-tuned", wasmtime_tuned, wasm_path, only=others),
-        ServerKind("native", native_argv, native_path, only=others - PYTHON_SCENARIOS),
+        ServerKind("native", native_argv, native_path, only=others - TOOLCHAIN_SCENARIOS),
+        ServerKind("wasmtime-reuse", wasmtime_reuse, wasm_path, only=TOOLCHAIN_SCENARIOS),
     ]
     return kinds
 
@@ -565,6 +585,9 @@ def scenario_python_io(kind, d):
 
 
 PYTHON_SCENARIOS = {"python-hello", "python-raw-hello", "python-io"}
+JS_SCENARIOS = {"js-hello"}
+# Scenarios whose guests another language's toolchain builds.
+TOOLCHAIN_SCENARIOS = PYTHON_SCENARIOS | JS_SCENARIOS
 
 SCENARIOS = {
     "hello-pinned": lambda kind, d: scenario_hello(kind, d, pinned=True),
@@ -582,6 +605,7 @@ SCENARIOS = {
     "python-hello": lambda kind, d: scenario_hello(kind, d, False, "py-hello", PYTHON_CONNECTIONS),
     "python-raw-hello": lambda kind, d: scenario_hello(kind, d, False, "py-raw", PYTHON_CONNECTIONS),
     "python-io": scenario_python_io,
+    "js-hello": lambda kind, d: scenario_hello(kind, d, False, "js-hello", PYTHON_CONNECTIONS),
 }
 
 DESCRIPTIONS = {
@@ -605,6 +629,8 @@ DESCRIPTIONS = {
                         "`wrk -t1 -c8`",
     "python-io": f"Python `async def` awaiting {IO_WAIT_MS} ms (examples/python/fanout, WASIp3), "
                  f"`wrk -t2 -c{IO_CONNECTIONS}`; Little's limit {IO_LIMIT:.0f} req/s",
+    "js-hello": "JavaScript hello (examples/js/hello, componentize-js fetch handler, no lane "
+                "marker), `wrk -t1 -c8`",
 }
 
 
@@ -647,7 +673,11 @@ def markdown(summary, environment, args):
         native = by_server.get("native", {})
         in_process = by_server.get("fnhost-in-process", {})
         one_worker = by_server.get("fnhost", {})
-        wasmtime_best = max((by_server.get(k, {}) for k in ("wasmtime-default", "wasmtime-tuned")),
+        # A server that answered with errors is not a baseline (wasmtime's
+        # reuse breaks the componentize-js guest: every reused call fails).
+        wasmtime_best = max((by_server.get(k, {})
+                             for k in ("wasmtime-default", "wasmtime-tuned", "wasmtime-reuse")
+                             if not by_server.get(k, {}).get("errors")),
                             key=lambda r: r.get("rps") or 0, default={})
         if scenario.startswith("queue"):
             lines += ["| server | messages/s | messages | × 1 worker |", "|---|---|---|---|"]
@@ -730,19 +760,21 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
     parser.add_argument("--scenarios", default=None,
                         help="comma-separated subset of: " + ", ".join(SCENARIOS)
-                             + " (default: all; with --quick, all but the Python ones, which need "
-                               "componentize-py and about a minute of component builds)")
+                             + " (default: all; with --quick, all but the Python and JavaScript ones, "
+                               "which need componentize-py, componentize-js and about a minute "
+                               "of component builds)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
                         help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, "
-                             "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, native")
+                             "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, "
+                             "wasmtime-reuse, native")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2
     if args.scenarios is None:
         args.scenarios = ",".join(s for s in SCENARIOS
-                                  if not (args.quick and s in PYTHON_SCENARIOS))
+                                  if not (args.quick and s in TOOLCHAIN_SCENARIOS))
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -755,8 +787,8 @@ def main():
     wants_wasmtime = not args.quick and (args.servers is None or "wasmtime" in args.servers)
     wasmtime = ensure_wasmtime() if wants_wasmtime else None
     fnhost, native = build("dev" if args.quick else "release", host=not args.no_build)
-    if PYTHON_SCENARIOS & set(scenarios):
-        build_python_guests()
+    if TOOLCHAIN_SCENARIOS & set(scenarios):
+        build_toolchain_guests(scenarios)
     kinds = server_kinds(fnhost, native, wasmtime, args.quick)
     if args.servers:
         chosen = args.servers.split(",")

@@ -73,7 +73,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
     queue_depth: Option<u64>,
 
-    /// Calls one instance may serve before it is replaced [default: in the sync lane 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python); 128 for WASIp3 components].
+    /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for WASIp3 components].
     #[arg(long, env = "FNHOST_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     instance_reuse: Option<u32>,
 

@@ -178,10 +178,9 @@ pub struct ExecutionConfig {
     /// Calls that may wait for a sync-lane thread before 503 (`--queue-depth`).
     pub queue_depth: usize,
     /// Calls one instance may serve before it is replaced
-    /// (`--instance-reuse`): for the sync lane (default 1, a fresh instance
-    /// for every call) and for WASIp3 components (default
-    /// [`DEFAULT_P3_INSTANCE_REUSE`]). WASIp2 components in the async lane
-    /// always get a fresh instance.
+    /// (`--instance-reuse`), in every lane. Unset: WASIp2 components decide
+    /// from their initial memory (`exec/reuse.rs`), WASIp3 components get
+    /// [`DEFAULT_P3_INSTANCE_REUSE`].
     pub instance_reuse: Option<u32>,
     /// Calls one WASIp3 instance may run at once (`--max-concurrent-reuse`).
     pub max_concurrent_reuse: u32,
