@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -183,6 +183,8 @@ pub enum ToSupervisor {
         instances: u64,
         /// Stalled WASIp3 instances the worker noticed since it started.
         async_stalls: u64,
+        /// Guest output lines the worker dropped since it started.
+        guest_output_dropped: u64,
     },
     /// A queue invocation finished.
     QueueDone {

@@ -133,8 +133,16 @@ impl HostBuilder {
                 });
             }
         }
+        if let Some(cache) = &self.config.cache_dir {
+            config::refuse_unsafe_dirs(&self.config.grants.dirs, &[(cache, "compile cache")])
+                .map_err(|(path, reason)| HostError::Dir { path, reason })?;
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
-        let file = component::read_checked(&path, self.config.invocation.max_memory)?;
+        let file = component::read_checked(
+            &path,
+            self.config.max_component_size,
+            self.config.invocation.max_memory,
+        )?;
         let wasip3 = file.wasip3;
         let lane = if wasip3 {
             if self.config.execution.mode == config::Mode::Sync {

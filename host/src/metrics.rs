@@ -10,6 +10,7 @@
 //! | `fnhost_workers` | gauge (ready workers) | |
 //! | `fnhost_worker_restarts_total` | counter | |
 //! | `fnhost_async_stalls_total` | counter (WASIp3 instances whose guest held its event loop 100 ms; see `exec/stall.rs`) | |
+//! | `fnhost_guest_output_dropped_lines_total` | counter (guest output lines dropped because the host's stdout or stderr did not keep up) | |
 //! | `fnhost_queue_length` | gauge (messages, in flight included) | queue |
 //! | `fnhost_queue_oldest_age_seconds` | gauge | queue |
 //! | `fnhost_queue_in_flight` | gauge | queue |
@@ -69,6 +70,8 @@ pub struct Metrics {
     /// WASIp3 instances whose guest held its event loop past the stall
     /// threshold (their new calls went to other instances).
     pub async_stalls: Counter,
+    /// Guest output lines dropped because the host's stdio was behind.
+    pub guest_output_dropped: Counter,
     /// Workers the scale controller asks for.
     pub scale_target: Gauge,
     queue_length: Family<QueueLabels, Gauge>,
@@ -123,6 +126,12 @@ impl Default for Metrics {
             "WASIp3 instances whose guest ran 100 ms without handing control back to its event loop",
             async_stalls.clone(),
         );
+        let guest_output_dropped = Counter::default();
+        registry.register(
+            "guest_output_dropped_lines",
+            "Guest output lines dropped because the host's stdout or stderr did not keep up",
+            guest_output_dropped.clone(),
+        );
         let scale_target = Gauge::default();
         registry.register(
             "scale_target_workers",
@@ -163,6 +172,7 @@ impl Default for Metrics {
             workers,
             worker_restarts,
             async_stalls,
+            guest_output_dropped,
             scale_target,
             queue_length,
             queue_oldest_age,

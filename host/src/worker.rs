@@ -195,10 +195,10 @@ async fn serve(
         loop {
             ticker.tick().await;
             let instances = crate::exec::live_instances();
-            let async_stalls = crate::exec::async_stalls();
             let message = ToSupervisor::Stats {
                 instances,
-                async_stalls,
+                async_stalls: crate::exec::async_stalls(),
+                guest_output_dropped: crate::exec::guest_output_dropped(),
             };
             if stats.send(message).is_err() {
                 return;

@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod check;
 mod guests;
+mod hostile;
 mod lanes;
 mod limits;
 mod outbound;

@@ -6,10 +6,15 @@
 //! later one, as componentize-js's fetch handler does: the tests use it to
 //! show that fnhost notices a component that cannot be reused.
 //!
+//! `/flood?bytes=N` writes N bytes of terminal escape sequences to stdout,
+//! as a hostile guest would, to show that guest output is capped and
+//! escaped before it reaches the host's log.
+//!
 //! Run it: `fnhost serve examples/target/wasm32-wasip2/release/trap.wasm`, then
 //! `curl -i http://127.0.0.1:8080/` (500) and `curl http://127.0.0.1:8080/ok` (200).
 
-use fnhost_sdk::{IntoResponse, Request};
+use fnhost_sdk::{IntoResponse, Request, query_param};
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Calls this instance has served.
@@ -21,6 +26,19 @@ fn trap(request: Request) -> impl IntoResponse {
         "/ok" => "still serving\n".to_string(),
         "/once" if calls == 1 => "the first call on this instance\n".to_string(),
         "/once" => panic!("the trap example's /once serves one call per instance"),
+        "/flood" => {
+            let bytes: usize = query_param(&request, "bytes")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1 << 20);
+            let line = b"\x1b[2J\x1b[31mred text that clears the screen\x1b[0m\r\n";
+            let mut stdout = std::io::stdout().lock();
+            let mut written = 0;
+            while written < bytes {
+                let _ = stdout.write_all(line);
+                written += line.len();
+            }
+            format!("flooded {written} bytes\n")
+        }
         _ => panic!("the trap example panics on purpose"),
     }
 }

@@ -19,13 +19,18 @@ pub struct CheckCommand {
     /// component that needs more at start is refused by both.
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
     max_memory: u64,
+
+    /// Largest component file, as `fnhost serve --max-component-size`.
+    #[arg(long, env = "FNHOST_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_component_size: u64,
 }
 
 impl CheckCommand {
     /// Prints the component's inventory; exit 0 if `serve` would accept it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let max_memory = self.max_memory;
-        let file = fnhost::component::read_checked(&self.component, max_memory)?;
+        let file =
+            fnhost::component::read_checked(&self.component, self.max_component_size, max_memory)?;
         let marker = file.lane_marker;
         let wasip3 = file.wasip3;
         let needs = file.needs;

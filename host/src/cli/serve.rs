@@ -73,6 +73,10 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
     queue_depth: Option<u64>,
 
+    /// Longest a call waits for a sync-lane thread before 503 with Retry-After [default: 5s, or half of --timeout if shorter].
+    #[arg(long, env = "FNHOST_QUEUE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    queue_timeout: Option<Duration>,
+
     /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for WASIp3 components].
     #[arg(long, env = "FNHOST_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     instance_reuse: Option<u32>,
@@ -84,6 +88,14 @@ pub struct ServeCommand {
     /// Linear memory per instance (500 with fnhost-error: memory beyond).
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
     max_memory: u64,
+
+    /// Largest component file fnhost reads (checked before reading or compiling).
+    #[arg(long, env = "FNHOST_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_component_size: u64,
+
+    /// What one invocation may write to stdout and stderr together; the rest is cut after a marker line.
+    #[arg(long, env = "FNHOST_MAX_GUEST_OUTPUT", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_guest_output: u64,
 
     /// Origin the guest may send HTTP requests to, e.g. https://api.example.com (repeatable; none by default).
     #[arg(long = "allow-outbound", env = "FNHOST_ALLOW_OUTBOUND", value_delimiter = ',', value_parser = parse_origin, value_name = "URL")]
@@ -169,6 +181,7 @@ impl ServeCommand {
             invocation: InvocationLimits {
                 timeout: self.timeout,
                 max_memory: self.max_memory,
+                max_output: self.max_guest_output,
             },
             execution: {
                 let threads = self.threads.unwrap_or_else(default_threads);
@@ -182,6 +195,7 @@ impl ServeCommand {
                         .map_or(threads * DEFAULT_QUEUE_DEPTH_PER_THREAD, |depth| {
                             depth as usize
                         }),
+                    queue_timeout: self.queue_timeout,
                     instance_reuse: self.instance_reuse,
                     max_concurrent_reuse: self.max_concurrent_reuse,
                 }
@@ -197,12 +211,27 @@ impl ServeCommand {
                 self.cache_dir.clone().or(defaults.cache_dir)
             },
             grace: self.grace,
+            max_component_size: self.max_component_size,
         }
     }
 
     /// Serves until a signal, then drains: through worker processes, or in
     /// this process with `--in-process`.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let config = self.config();
+        // The data folder holds the embedded queue store, when there is a queue.
+        let mut protected = Vec::new();
+        if self.queue.is_some() {
+            protected.push((self.data_dir.as_path(), "data folder"));
+        }
+        if let Some(cache) = &config.cache_dir {
+            protected.push((cache.as_path(), "compile cache"));
+        }
+        if let Err((path, reason)) =
+            fnhost::config::refuse_unsafe_dirs(&config.grants.dirs, &protected)
+        {
+            anyhow::bail!("--dir {}: {reason}", path.display());
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -220,7 +249,7 @@ impl ServeCommand {
         // component, fits the caps) here, so the common mistakes fail before
         // any process starts; the first worker reports the rest (no handler,
         // link errors) before any port opens, and the supervisor exits 2.
-        fnhost::component::read_checked(&self.component, self.max_memory)?;
+        fnhost::component::read_checked(&self.component, self.max_component_size, self.max_memory)?;
         let config = SupervisorConfig {
             component: self.component.clone(),
             host: self.config(),

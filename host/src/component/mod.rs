@@ -177,11 +177,19 @@ pub struct ComponentFile {
     pub needs: ComponentNeeds,
 }
 
-/// Reads `path` and checks that it is a component; finds its lane marker.
-pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
+/// Reads `path`, at most `max_size` bytes of it, and checks that it is a
+/// component; finds its lane marker.
+pub fn read(path: &Path, max_size: u64) -> Result<ComponentFile, LoadError> {
     let owned = || path.to_path_buf();
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let bytes = read_at_most(path, max_size).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::NotFound { path: owned() },
+        std::io::ErrorKind::FileTooLarge => LoadError::OverLimit {
+            path: owned(),
+            reason: format!(
+                "the file is over the {} component size cap (--max-component-size raises it)",
+                crate::config::parse::format_size(max_size)
+            ),
+        },
         _ => LoadError::Unreadable {
             path: owned(),
             reason: e.to_string(),
@@ -211,11 +219,35 @@ pub fn read(path: &Path) -> Result<ComponentFile, LoadError> {
     })
 }
 
+/// The whole file, unless it holds more than `max_size` bytes
+/// (`ErrorKind::FileTooLarge`): the size is checked before reading and
+/// again while reading, since the file can grow in between.
+fn read_at_most(path: &Path, max_size: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = || std::io::Error::from(std::io::ErrorKind::FileTooLarge);
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > max_size {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max_size.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_size {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// [`read`], then checks that an instance fits the host's caps with
 /// `max_memory` bytes per memory: every check that needs no compiling, the
 /// same for `fnhost check`, `fnhost serve` and each worker.
-pub fn read_checked(path: &Path, max_memory: u64) -> Result<ComponentFile, LoadError> {
-    let file = read(path)?;
+pub fn read_checked(
+    path: &Path,
+    max_size: u64,
+    max_memory: u64,
+) -> Result<ComponentFile, LoadError> {
+    let file = read(path, max_size)?;
     crate::engine::check_needs(&file.needs, max_memory).map_err(|reason| LoadError::OverLimit {
         path: path.to_path_buf(),
         reason,

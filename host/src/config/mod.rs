@@ -9,7 +9,7 @@ pub mod parse;
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default HTTP trigger address.
@@ -20,6 +20,15 @@ pub const DEFAULT_MAX_BODY: u64 = 100 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default linear-memory limit per instance (`--max-memory`): 128 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
+/// Default cap on a component file's size (`--max-component-size`):
+/// 64 MiB, three times the largest componentize-py component seen (20 MB;
+/// componentize-js's are about 13 MB). Checked before anything is read or
+/// compiled.
+pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+/// Default cap on what one invocation may write to stdout and stderr
+/// together (`--max-guest-output`): 1 MiB; beyond it the output is cut,
+/// with one marker line.
+pub const DEFAULT_MAX_GUEST_OUTPUT: u64 = 1 << 20;
 /// Default time in-flight requests get to finish on shutdown (`--grace`).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Default fuel between yield points in the async lane (`--yield-fuel`):
@@ -48,6 +57,8 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// How long in-flight requests may run after a shutdown signal.
     pub grace: Duration,
+    /// Largest component file the host reads, in bytes.
+    pub max_component_size: u64,
 }
 
 impl Default for HostConfig {
@@ -60,6 +71,7 @@ impl Default for HostConfig {
             grants: GuestGrants::default(),
             cache_dir: default_cache_dir(),
             grace: DEFAULT_GRACE,
+            max_component_size: DEFAULT_MAX_COMPONENT_SIZE,
         }
     }
 }
@@ -100,6 +112,9 @@ pub struct InvocationLimits {
     pub timeout: Duration,
     /// Linear memory per instance in bytes (500 `memory` beyond).
     pub max_memory: u64,
+    /// Bytes one invocation may write to stdout and stderr together; the
+    /// rest is dropped after one marker line.
+    pub max_output: u64,
 }
 
 impl Default for InvocationLimits {
@@ -107,6 +122,7 @@ impl Default for InvocationLimits {
         Self {
             timeout: DEFAULT_TIMEOUT,
             max_memory: DEFAULT_MAX_MEMORY,
+            max_output: DEFAULT_MAX_GUEST_OUTPUT,
         }
     }
 }
@@ -177,6 +193,10 @@ pub struct ExecutionConfig {
     pub threads: usize,
     /// Calls that may wait for a sync-lane thread before 503 (`--queue-depth`).
     pub queue_depth: usize,
+    /// Longest a call waits for a sync-lane thread before 503 `capacity`
+    /// (`--queue-timeout`); `None`: [`default_queue_timeout`] of the
+    /// invocation timeout.
+    pub queue_timeout: Option<Duration>,
     /// Calls one instance may serve before it is replaced
     /// (`--instance-reuse`), in every lane. Unset: WASIp2 components decide
     /// from their initial memory (`exec/reuse.rs`), WASIp3 components get
@@ -184,6 +204,13 @@ pub struct ExecutionConfig {
     pub instance_reuse: Option<u32>,
     /// Calls one WASIp3 instance may run at once (`--max-concurrent-reuse`).
     pub max_concurrent_reuse: u32,
+}
+
+/// How long a call may wait for a sync-lane thread by default: 5 s, or
+/// half of `timeout` when that is shorter, so a call that waited still has
+/// time to run.
+pub fn default_queue_timeout(timeout: Duration) -> Duration {
+    (timeout / 2).min(Duration::from_secs(5))
 }
 
 /// Calls a WASIp3 instance serves by default before it is replaced.
@@ -200,6 +227,7 @@ impl Default for ExecutionConfig {
             max_fuel: None,
             threads,
             queue_depth: threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
+            queue_timeout: None,
             instance_reuse: None,
             max_concurrent_reuse: DEFAULT_MAX_CONCURRENT_REUSE,
         }
@@ -222,6 +250,65 @@ pub struct GuestGrants {
     pub dirs: Vec<DirGrant>,
     /// Origins the guest may send HTTP requests to (`--allow-outbound`).
     pub outbound: Vec<Origin>,
+}
+
+/// Refuses a directory grant that would hand a guest the host itself: `/`,
+/// or a directory that contains or lies inside one of fnhost's own
+/// folders (`protected`, each with what it holds): the compile cache holds
+/// native code fnhost runs, and the data folder holds the queue store.
+/// Paths are compared after resolving symlinks and `..`; a protected
+/// folder that does not exist yet is compared by its nearest existing
+/// ancestor plus the rest.
+pub fn refuse_unsafe_dirs(
+    dirs: &[DirGrant],
+    protected: &[(&Path, &str)],
+) -> Result<(), (PathBuf, String)> {
+    for grant in dirs {
+        let host = resolve(&grant.host);
+        if host.parent().is_none() {
+            return Err((
+                grant.host.clone(),
+                "refused: that hands guests the host's whole filesystem".into(),
+            ));
+        }
+        for (folder, holds) in protected {
+            let folder = resolve(folder);
+            let relation = if folder.starts_with(&host) {
+                "contains"
+            } else if host.starts_with(&folder) {
+                "is inside"
+            } else {
+                continue;
+            };
+            return Err((
+                grant.host.clone(),
+                format!(
+                    "refused: it {relation} fnhost's {holds} ({})",
+                    folder.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute, with symlinks and `..` resolved as far as it exists.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 /// A host directory the guest may use, and the path it sees it at.

@@ -6,6 +6,17 @@ use super::{DirGrant, Origin};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `bytes` in the largest binary unit that divides it, as [`parse_size`]
+/// reads it back: `64MiB`, `1536KiB`, `1000B`.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
 /// Parses a byte size such as `128MiB`, `100MB`, `64KiB` or `4096`.
 ///
 /// Binary suffixes (`KiB`, `MiB`, `GiB`) are powers of 1024, decimal ones

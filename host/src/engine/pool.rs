@@ -11,6 +11,7 @@
 //! the largest imaginable guest would reserve address space nobody uses.
 
 use crate::component::ComponentNeeds;
+use crate::config::parse::format_size;
 use wasmtime::{Enabled, PoolingAllocationConfig};
 
 /// Core module instances one component instance may contain: componentize-py
@@ -52,8 +53,8 @@ pub fn check_needs(needs: &ComponentNeeds, max_memory: u64) -> Result<(), String
     if needs.largest_initial_memory > max_memory {
         return Err(format!(
             "needs a linear memory of {} at start, more than --max-memory {} (raise --max-memory or FNHOST_MAX_MEMORY)",
-            bytes(needs.largest_initial_memory),
-            bytes(max_memory)
+            format_size(needs.largest_initial_memory),
+            format_size(max_memory)
         ));
     }
     let caps = [
@@ -117,16 +118,6 @@ pub fn pooling_config(
         .async_stack_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto);
     pool
-}
-
-/// `bytes` in the largest binary unit that divides it.
-fn bytes(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
-        b => format!("{b}B"),
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::invocation::{
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
@@ -48,6 +49,8 @@ struct Inner {
     idle: Mutex<Vec<Warm>>,
     /// Fresh instances kept ready.
     ready_target: usize,
+    /// Fresh instances being made for the idle list right now.
+    making: AtomicUsize,
 }
 
 /// An instance and the calls it has served.
@@ -80,6 +83,7 @@ impl AsyncLane {
             reuse: ReusePolicy::new(reuse),
             idle: Mutex::new(Vec::new()),
             ready_target: workers,
+            making: AtomicUsize::new(0),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(inner.clone().make_ready());
@@ -146,7 +150,7 @@ impl Inner {
         request: http::Request<Body>,
         answer: &Answer,
     ) -> Result<(), InvocationError> {
-        let instance = match self.take_idle() {
+        let instance = match self.take_idle(false) {
             Some(instance) => instance,
             None => self.instantiate().await?,
         };
@@ -160,7 +164,7 @@ impl Inner {
         let ended = self.call_on(instance, id, request, answer).await;
         let failure = match ended.result {
             Ok(()) => {
-                self.reuse.record(reused, true);
+                self.reuse.record(reused, None);
                 self.keep(ended.instance);
                 return Ok(());
             }
@@ -171,7 +175,7 @@ impl Inner {
             .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
             .and_then(Replay::take);
         let Some(request) = again else {
-            self.reuse.record(reused, false);
+            self.reuse.record(reused, Some(failure.kind));
             return Err(failure);
         };
         tracing::info!(
@@ -179,7 +183,10 @@ impl Inner {
             failure.kind,
             failure.detail
         );
-        let fresh = self.instantiate().await?;
+        let fresh = match self.take_idle(true) {
+            Some(fresh) => fresh,
+            None => self.instantiate().await?,
+        };
         let ended = self.call_on(fresh, id, request, answer).await;
         match ended.result {
             Ok(()) => {
@@ -188,7 +195,7 @@ impl Inner {
                 Ok(())
             }
             Err(error) => {
-                self.reuse.record(false, false);
+                self.reuse.record(false, Some(error.kind));
                 Err(error)
             }
         }
@@ -244,6 +251,7 @@ impl Inner {
             .await;
         instance.calls += 1;
         let outbound = instance.store.data().outbound_requests();
+        let exceeded = instance.store.data().limiter.exceeded();
         let result = match result {
             Ok(()) if answer.is_answered() => Ok(()),
             Ok(()) => Err(InvocationError::new(
@@ -253,7 +261,9 @@ impl Inner {
             Err(error) => Err(classify(&error, instance.store.data().limiter.exceeded())),
         };
         Ended {
-            instance: result.is_ok().then_some(instance),
+            // An instance refused memory is at its cap: not kept, even if
+            // the guest coped and answered.
+            instance: (result.is_ok() && !exceeded).then_some(instance),
             result,
             outbound,
         }
@@ -272,8 +282,19 @@ impl Inner {
         }
     }
 
-    fn take_idle(&self) -> Option<Warm> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// An idle instance that may still serve a call (reuse may have
+    /// stopped since it was put back), the fresh ones first when `fresh`.
+    fn take_idle(&self, fresh: bool) -> Option<Warm> {
+        let limit = self.reuse.limit();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|instance| instance.calls < limit);
+        match fresh {
+            true => {
+                let index = idle.iter().rposition(|instance| instance.calls == 0)?;
+                Some(idle.swap_remove(index))
+            }
+            false => idle.pop(),
+        }
     }
 
     /// Puts an instance that served a call back, if it may serve another.
@@ -291,18 +312,23 @@ impl Inner {
     /// Makes fresh instances until `ready_target` wait idle. A failure is
     /// left for the next request to meet (and report) on its own path.
     async fn make_ready(self: Arc<Self>) {
-        let idle = || self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
-        while idle() < self.ready_target {
-            let made = Fair::new(self.instantiate(), self.share.clone());
-            match tokio::time::timeout(self.settings.limits.timeout, made).await {
-                Ok(Ok(instance)) => {
-                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.len() >= self.ready_target {
-                        return;
-                    }
-                    idle.push(instance);
+        loop {
+            {
+                // Counted under the lock, so concurrent calls ending together
+                // make only what is missing.
+                let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() + self.making.load(Ordering::Relaxed) >= self.ready_target {
+                    return;
                 }
-                Ok(Err(_)) | Err(_) => return,
+                self.making.fetch_add(1, Ordering::Relaxed);
+            }
+            let made = Fair::new(self.instantiate(), self.share.clone());
+            let made = tokio::time::timeout(self.settings.limits.timeout, made).await;
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            self.making.fetch_sub(1, Ordering::Relaxed);
+            match made {
+                Ok(Ok(instance)) if idle.len() < MAX_IDLE => idle.push(instance),
+                _ => return,
             }
         }
     }

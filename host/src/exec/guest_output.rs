@@ -1,10 +1,26 @@
 //! Guest stdout and stderr, forwarded line by line to the host's own stdout
 //! and stderr with the invocation id as prefix: `[0123456789abcdef] text`.
+//!
+//! What a guest writes cannot harm the host's log or its threads:
+//! - **Capped per invocation**: stdout and stderr together get
+//!   `--max-guest-output` bytes per invocation; past that one marker line
+//!   says the output was cut, and the rest is dropped.
+//! - **Escaped**: control characters other than tab (terminal escape
+//!   sequences, carriage returns, C1 controls) are written as `\u{1b}`, so
+//!   a log viewed in a terminal cannot be driven by a guest.
+//! - **Never blocking**: lines go to one writer thread through a bounded
+//!   queue; when the host's stdout or stderr does not keep up, lines are
+//!   dropped and counted ([`dropped_lines`]), and the writer says how many
+//!   once it catches up. Guest calls never wait for the host's log.
 
 use super::state::CurrentInvocation;
 use bytes::Bytes;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -12,6 +28,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// A partial line longer than this is forwarded without waiting for its
 /// newline, so a guest cannot grow host memory by never ending a line.
 const MAX_LINE: usize = 16 << 10;
+/// Lines waiting for the writer thread; beyond, lines are dropped.
+const QUEUED_LINES: usize = 256;
 
 /// Which host stream a guest stream goes to.
 #[derive(Clone, Copy, Debug)]
@@ -22,18 +40,64 @@ pub enum HostStream {
     Stderr,
 }
 
+/// What one store's invocation may still write, shared by its stdout and
+/// stderr; reset at the start of each invocation.
+pub struct OutputBudget {
+    limit: u64,
+    used: AtomicU64,
+    cut: AtomicBool,
+}
+
+impl OutputBudget {
+    /// A budget of `limit` bytes per invocation.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts a new invocation's budget.
+    pub fn reset(&self) {
+        self.used.store(0, Ordering::Relaxed);
+        self.cut.store(false, Ordering::Relaxed);
+    }
+
+    /// How many of `wanted` bytes may still be written.
+    fn take(&self, wanted: usize) -> usize {
+        let before = self.used.fetch_add(wanted as u64, Ordering::Relaxed);
+        self.limit.saturating_sub(before).min(wanted as u64) as usize
+    }
+
+    /// True the first time the budget runs out in an invocation.
+    fn first_cut(&self) -> bool {
+        !self.cut.swap(true, Ordering::Relaxed)
+    }
+}
+
 /// A [`StdoutStream`] for one invocation's stdout or stderr.
 #[derive(Clone)]
 pub struct GuestOutput {
     invocation: CurrentInvocation,
     target: HostStream,
+    budget: Arc<OutputBudget>,
 }
 
 impl GuestOutput {
     /// Forwards to `target`, prefixing each line with the id of the
-    /// invocation the store is running at the time of the write.
-    pub fn new(invocation: CurrentInvocation, target: HostStream) -> Self {
-        Self { invocation, target }
+    /// invocation the store is running at the time of the write, within
+    /// `budget`.
+    pub fn new(
+        invocation: CurrentInvocation,
+        target: HostStream,
+        budget: Arc<OutputBudget>,
+    ) -> Self {
+        Self {
+            invocation,
+            target,
+            budget,
+        }
     }
 }
 
@@ -53,7 +117,7 @@ impl StdoutStream for GuestOutput {
     }
 }
 
-/// Buffers a partial line and writes each complete one with its prefix.
+/// Buffers a partial line and queues each complete one with its prefix.
 struct LineForwarder {
     output: GuestOutput,
     pending: Vec<u8>,
@@ -68,7 +132,8 @@ impl LineForwarder {
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
+        let allowed = self.output.budget.take(bytes.len());
+        self.pending.extend_from_slice(&bytes[..allowed]);
         let mut start = 0;
         while let Some(offset) = self.pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + offset;
@@ -80,17 +145,40 @@ impl LineForwarder {
             let line = std::mem::take(&mut self.pending);
             self.emit(&line);
         }
+        if allowed < bytes.len() && self.output.budget.first_cut() {
+            let line = std::mem::take(&mut self.pending);
+            if !line.is_empty() {
+                self.emit(&line);
+            }
+            let id = self.output.invocation.get();
+            queue(
+                self.output.target,
+                format!(
+                    "[{id}] fnhost: guest output cut at {} for this invocation (--max-guest-output)",
+                    crate::config::parse::format_size(self.output.budget.limit)
+                ),
+            );
+        }
     }
 
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         let id = self.output.invocation.get();
-        // A failed write to the host's own stdio is not the guest's problem.
-        let _ = match self.output.target {
-            HostStream::Stdout => writeln!(std::io::stdout().lock(), "[{id}] {text}"),
-            HostStream::Stderr => writeln!(std::io::stderr().lock(), "[{id}] {text}"),
-        };
+        let mut formatted = format!("[{id}] ");
+        escape_into(&mut formatted, text);
+        queue(self.output.target, formatted);
+    }
+}
+
+/// Appends `text` with every control character but tab escaped.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
     }
 }
 
@@ -139,5 +227,84 @@ impl tokio::io::AsyncWrite for LineForwarder {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Guest output lines dropped in this process because the host's stdout
+/// or stderr did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Hands `line` to the writer thread, or drops and counts it when the
+/// writer is behind.
+fn queue(target: HostStream, line: String) {
+    static WRITER: OnceLock<Option<SyncSender<(HostStream, String)>>> = OnceLock::new();
+    let writer = WRITER.get_or_init(|| {
+        let (sender, lines) = sync_channel(QUEUED_LINES);
+        std::thread::Builder::new()
+            .name("fnhost-guest-output".into())
+            .spawn(move || write_lines(lines))
+            .ok()
+            .map(|_| sender)
+    });
+    let sent = match writer {
+        Some(writer) => match writer.try_send((target, line)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        },
+        None => false,
+    };
+    if !sent {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The writer thread: writes each line, and after a drop says how many
+/// lines were lost.
+fn write_lines(lines: Receiver<(HostStream, String)>) {
+    let mut reported = 0;
+    for (target, line) in lines {
+        // A failed write to the host's own stdio is not the guest's problem.
+        let _ = match target {
+            HostStream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            HostStream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+        };
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > reported {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "fnhost: {} lines of guest output dropped: the host's stdout or stderr did not keep up",
+                dropped - reported
+            );
+            reported = dropped;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_but_tab_are_escaped() {
+        let mut out = String::new();
+        escape_into(&mut out, "a\tb\u{1b}[31mred\u{7}\rx\u{9b}y é");
+        assert_eq!(out, "a\tb\\u{1b}[31mred\\u{7}\\u{d}x\\u{9b}y é");
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_cut_once() {
+        let budget = OutputBudget::new(10);
+        assert_eq!(budget.take(6), 6);
+        assert_eq!(budget.take(6), 4);
+        assert_eq!(budget.take(6), 0);
+        assert!(budget.first_cut());
+        assert!(!budget.first_cut());
+        budget.reset();
+        assert_eq!(budget.take(3), 3);
+        assert!(budget.first_cut());
     }
 }

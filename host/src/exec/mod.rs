@@ -41,6 +41,7 @@ use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+pub use guest_output::dropped_lines as guest_output_dropped;
 pub use outbound::MAX_CONNECT_TIMEOUT;
 pub use state::live_instances;
 
@@ -222,13 +223,8 @@ fn new_state(
     settings: &ExecSettings,
     outbound: &Arc<[Origin]>,
 ) -> Result<StoreState, InvocationError> {
-    StoreState::new(
-        &settings.grants,
-        outbound.clone(),
-        settings.limits.max_memory,
-        settings.limits.timeout,
-    )
-    .map_err(|e| InvocationError::new(FailureKind::Capacity, one_line(&e)))
+    StoreState::new(&settings.grants, outbound.clone(), &settings.limits)
+        .map_err(|e| InvocationError::new(FailureKind::Capacity, one_line(&e)))
 }
 
 /// Where one call's answer goes: the guest's response (or the error code it

@@ -87,9 +87,16 @@ impl ReusePolicy {
         }
     }
 
-    /// Records how a call ended; `reused` is whether its instance had
-    /// served a call before.
-    pub fn record(&self, reused: bool, succeeded: bool) {
+    /// Records how a call ended (`failure`: how it failed, if it did);
+    /// `reused` is whether its instance had served a call before. Only traps
+    /// and calls left unanswered count: a timeout, a memory refusal or a
+    /// full pool says nothing about reuse.
+    pub fn record(&self, reused: bool, failure: Option<FailureKind>) {
+        let succeeded = match failure {
+            None => true,
+            Some(FailureKind::Trap) => false,
+            Some(_) => return,
+        };
         match (reused, succeeded) {
             (true, true) | (false, false) => self.strikes.store(0, Ordering::Relaxed),
             (true, false) => {
@@ -290,15 +297,18 @@ mod tests {
     fn reuse_stops_after_strikes_on_reused_instances_only() {
         let policy = ReusePolicy::new(1000);
         for _ in 0..REUSE_STRIKES - 1 {
-            policy.record(true, false);
+            policy.record(true, Some(FailureKind::Trap));
         }
         // A fresh instance failing too: the requests are at fault, not reuse.
-        policy.record(false, false);
+        policy.record(false, Some(FailureKind::Trap));
         for _ in 0..REUSE_STRIKES - 1 {
-            policy.record(true, false);
+            policy.record(true, Some(FailureKind::Trap));
         }
         assert_eq!(policy.limit(), 1000);
-        policy.record(true, false);
+        // A timeout is no evidence either way.
+        policy.record(true, Some(FailureKind::Timeout));
+        assert_eq!(policy.limit(), 1000);
+        policy.record(true, Some(FailureKind::Trap));
         assert_eq!(policy.limit(), 1);
     }
 

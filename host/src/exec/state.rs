@@ -5,13 +5,12 @@
 //! and `--instance-reuse` lets it serve several calls), so the invocation id
 //! its output and logs carry is a shared cell set at the start of each call.
 
-use super::guest_output::{GuestOutput, HostStream};
+use super::guest_output::{GuestOutput, HostStream, OutputBudget};
 use super::outbound::OutboundPolicy;
-use crate::config::{GuestGrants, Origin};
+use crate::config::{GuestGrants, InvocationLimits, Origin};
 use crate::invocation::InvocationId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -42,6 +41,7 @@ pub struct StoreState {
     table: ResourceTable,
     outbound: OutboundPolicy,
     invocation: CurrentInvocation,
+    output: Arc<OutputBudget>,
     /// Enforces `--max-memory` and remembers whether the guest hit it.
     pub limiter: MemoryLimiter,
 }
@@ -51,13 +51,14 @@ impl StoreState {
     pub fn new(
         grants: &GuestGrants,
         allowed_outbound: Arc<[Origin]>,
-        max_memory: u64,
-        timeout: Duration,
+        limits: &InvocationLimits,
     ) -> wasmtime::Result<Self> {
         let invocation = CurrentInvocation::default();
+        let output = OutputBudget::new(limits.max_output);
+        let stream = |target| GuestOutput::new(invocation.clone(), target, output.clone());
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(GuestOutput::new(invocation.clone(), HostStream::Stdout))
-            .stderr(GuestOutput::new(invocation.clone(), HostStream::Stderr))
+        wasi.stdout(stream(HostStream::Stdout))
+            .stderr(stream(HostStream::Stderr))
             .envs(&grants.env)
             // Sockets and name lookups stay off: outbound HTTP goes through
             // wasi:http and its allow-list, nothing else leaves the sandbox.
@@ -72,9 +73,10 @@ impl StoreState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound: OutboundPolicy::new(invocation.clone(), allowed_outbound, timeout),
+            outbound: OutboundPolicy::new(invocation.clone(), allowed_outbound, limits.timeout),
             invocation,
-            limiter: MemoryLimiter::new(max_memory),
+            output,
+            limiter: MemoryLimiter::new(limits.max_memory),
         })
     }
 
@@ -83,6 +85,7 @@ impl StoreState {
         self.invocation.set(id);
         self.limiter.exceeded = false;
         self.outbound.begin();
+        self.output.reset();
     }
 
     /// Outbound HTTP requests the guest sent (or tried to) in this call.

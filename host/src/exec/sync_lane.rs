@@ -25,7 +25,7 @@ use super::reuse::{Replay, ReusePolicy, may_run_again};
 use super::state::StoreState;
 use super::{Answer, ExecSettings, body_error_to_wasi, classify, host_response, new_state};
 use crate::component::one_line;
-use crate::config::Origin;
+use crate::config::{Origin, default_queue_timeout};
 use crate::engine::EPOCH_TICK;
 use crate::invocation::{
     Body, BodyError, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError,
@@ -36,6 +36,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -57,6 +58,35 @@ struct Job {
     request: http::Request<Body>,
     deadline: Instant,
     respond: oneshot::Sender<DispatchResult>,
+    /// Whether a thread took the job or its caller stopped waiting first.
+    claim: Arc<Claim>,
+}
+
+/// Decides, once, between a thread starting a job and its caller giving up
+/// on it at `--queue-timeout`.
+#[derive(Default)]
+struct Claim(AtomicU8);
+
+impl Claim {
+    const QUEUED: u8 = 0;
+    const STARTED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(Self::QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A thread takes the job; false if its caller gave up.
+    fn start(&self) -> bool {
+        self.settle(Self::STARTED)
+    }
+
+    /// The caller gives up; false if a thread has started the job.
+    fn abandon(&self) -> bool {
+        self.settle(Self::ABANDONED)
+    }
 }
 
 /// The sync lane's entry point: a queue in front of the thread pool.
@@ -64,6 +94,7 @@ pub struct SyncLane {
     queue: SyncSender<Job>,
     depth: usize,
     timeout: Duration,
+    queue_timeout: Duration,
 }
 
 impl SyncLane {
@@ -78,6 +109,10 @@ impl SyncLane {
     ) -> Self {
         let depth = settings.execution.queue_depth;
         let timeout = settings.limits.timeout;
+        let queue_timeout = settings
+            .execution
+            .queue_timeout
+            .unwrap_or_else(|| default_queue_timeout(timeout));
         let (queue, jobs) = sync_channel(depth);
         let jobs = Arc::new(Mutex::new(jobs));
         let shared = Arc::new(Worker {
@@ -102,6 +137,7 @@ impl SyncLane {
             queue,
             depth,
             timeout,
+            queue_timeout,
         }
     }
 }
@@ -111,12 +147,14 @@ impl Dispatch for SyncLane {
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        let (respond, answer) = oneshot::channel();
+        let (respond, mut answer) = oneshot::channel();
+        let claim = Arc::new(Claim::default());
         let job = Job {
             id: invocation.id,
             request: invocation.request,
             deadline: Instant::now() + self.timeout,
             respond,
+            claim: claim.clone(),
         };
         let refused = match self.queue.try_send(job) {
             Ok(()) => None,
@@ -126,17 +164,29 @@ impl Dispatch for SyncLane {
             )),
             Err(TrySendError::Disconnected(_)) => Some("the sync lane has stopped".to_string()),
         };
-        let timeout = self.timeout;
+        let (timeout, queue_timeout) = (self.timeout, self.queue_timeout);
         Box::pin(async move {
             if let Some(reason) = refused {
                 return Err(InvocationError::new(FailureKind::Capacity, reason));
             }
-            match tokio::time::timeout(timeout + DEADLINE_SLACK, answer).await {
+            // Waiting for a thread is bounded on its own: past it the call
+            // is refused like a full queue, unless a thread has started it.
+            if let Ok(result) = tokio::time::timeout(queue_timeout, &mut answer).await {
+                return result.unwrap_or_else(|_| Err(thread_ended()));
+            }
+            if claim.abandon() {
+                return Err(InvocationError::new(
+                    FailureKind::Capacity,
+                    format!(
+                        "waited {} ms for a sync-lane thread (--queue-timeout)",
+                        queue_timeout.as_millis()
+                    ),
+                ));
+            }
+            let left = (timeout + DEADLINE_SLACK).saturating_sub(queue_timeout);
+            match tokio::time::timeout(left, answer).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(InvocationError::new(
-                    FailureKind::Trap,
-                    "the sync-lane thread ended without answering",
-                )),
+                Ok(Err(_)) => Err(thread_ended()),
                 Err(_) => Err(InvocationError::new(
                     FailureKind::Timeout,
                     format!(
@@ -147,6 +197,13 @@ impl Dispatch for SyncLane {
             }
         })
     }
+}
+
+fn thread_ended() -> InvocationError {
+    InvocationError::new(
+        FailureKind::Trap,
+        "the sync-lane thread ended without answering",
+    )
 }
 
 /// What every sync-lane thread shares.
@@ -183,7 +240,7 @@ impl Worker {
                     Err(_) => return,
                 }
             };
-            if job.respond.is_closed() {
+            if job.respond.is_closed() || !job.claim.start() {
                 continue;
             }
             if Instant::now() >= job.deadline {
@@ -193,7 +250,9 @@ impl Worker {
                 )));
                 continue;
             }
-            let instance = match warm.take().map_or_else(|| self.prepare(), Ok) {
+            // Reuse may have stopped since this instance served its last call.
+            let warm_usable = warm.take().filter(|w| w.calls < self.reuse.limit());
+            let instance = match warm_usable.map_or_else(|| self.prepare(), Ok) {
                 Ok(instance) => instance,
                 Err(error) => {
                     let _ = job.respond.send(Err(error));
@@ -246,6 +305,7 @@ impl Worker {
             request,
             deadline,
             respond,
+            claim: _,
         } = job;
         // The response head goes to the caller as soon as the guest sets it;
         // the guest may keep writing the body on this thread afterwards.
@@ -260,7 +320,7 @@ impl Worker {
         let ended = self.call_on(instance, id, request, deadline, &answer);
         let failure = match ended.result {
             Ok(()) => {
-                self.reuse.record(reused, true);
+                self.reuse.record(reused, None);
                 return ended.instance;
             }
             Err(failure) => failure,
@@ -269,8 +329,10 @@ impl Worker {
         let again = replay
             .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
             .and_then(Replay::take);
+        // Only within the call's deadline, and while its caller waits.
+        let again = again.filter(|_| Instant::now() < deadline && !answer.is_answered());
         let Some(request) = again else {
-            self.reuse.record(reused, false);
+            self.reuse.record(reused, Some(failure.kind));
             report(id, &answer, failure);
             return None;
         };
@@ -290,10 +352,12 @@ impl Worker {
             Ok(()) => {
                 self.reuse.confirmed_by_retry(&failure);
                 // Kept before reuse stopped: not any more.
-                ended.instance.filter(|fresh| fresh.calls < self.reuse.limit())
+                ended
+                    .instance
+                    .filter(|fresh| fresh.calls < self.reuse.limit())
             }
             Err(error) => {
-                self.reuse.record(false, false);
+                self.reuse.record(false, Some(error.kind));
                 report(id, &answer, error);
                 None
             }
@@ -363,6 +427,7 @@ impl Worker {
         );
         instance.calls += 1;
         let outbound = instance.store.data().outbound_requests();
+        let exceeded = instance.store.data().limiter.exceeded();
         let result = match result {
             Ok(()) if answer.is_answered() => Ok(()),
             Ok(()) => Err(InvocationError::new(
@@ -370,9 +435,11 @@ impl Worker {
                 "the guest returned without setting a response",
             )),
             // A failed instance is never used again.
-            Err(error) => Err(classify(&error, instance.store.data().limiter.exceeded())),
+            Err(error) => Err(classify(&error, exceeded)),
         };
-        let keep = result.is_ok() && instance.calls < self.reuse.limit();
+        // An instance refused memory is at its cap: not kept, even if the
+        // guest coped and answered.
+        let keep = result.is_ok() && !exceeded && instance.calls < self.reuse.limit();
         Ended {
             instance: keep.then_some(instance),
             result,

@@ -76,6 +76,7 @@ pub struct WorkerLink {
     dispatched: AtomicU64,
     instances: AtomicU64,
     async_stalls: AtomicU64,
+    guest_output_dropped: AtomicU64,
     counters: Arc<SlotCounters>,
     metrics: Arc<Metrics>,
     function: Arc<str>,
@@ -110,6 +111,7 @@ impl WorkerLink {
             dispatched: AtomicU64::new(0),
             instances: AtomicU64::new(0),
             async_stalls: AtomicU64::new(0),
+            guest_output_dropped: AtomicU64::new(0),
             counters,
             metrics,
             function,
@@ -244,13 +246,19 @@ impl WorkerLink {
             ToSupervisor::Stats {
                 instances,
                 async_stalls,
+                guest_output_dropped,
             } => {
                 self.instances.store(instances, Ordering::Relaxed);
-                // The worker's count is cumulative; count what is new.
-                let seen = self.async_stalls.swap(async_stalls, Ordering::Relaxed);
-                if async_stalls > seen {
-                    self.metrics.async_stalls.inc_by(async_stalls - seen);
-                }
+                // The worker's counts are cumulative; count what is new.
+                let new = |seen: &AtomicU64, now: u64| {
+                    now.saturating_sub(seen.swap(now, Ordering::Relaxed))
+                };
+                self.metrics
+                    .async_stalls
+                    .inc_by(new(&self.async_stalls, async_stalls));
+                self.metrics
+                    .guest_output_dropped
+                    .inc_by(new(&self.guest_output_dropped, guest_output_dropped));
             }
             ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
                 return Err("a start-up message from a running worker".to_string());

@@ -1,0 +1,174 @@
+//! Hostile and careless input: an oversized component, directory grants
+//! that would hand a guest the host, a guest flooding its output with
+//! terminal escapes, and calls left waiting for a sync-lane thread.
+
+use crate::support::{Server, client, example, run_fnhost, temp_dir, temp_file};
+use std::time::{Duration, Instant};
+
+/// A valid component (`hello`) made `extra` bytes larger by a custom
+/// section at the end, as an attacker or a careless build would.
+fn padded_hello(extra: usize) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(example("hello")).unwrap();
+    let name = b"padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + extra, 0);
+    bytes.push(0); // custom section id
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend_from_slice(&payload);
+    temp_file("padded-hello.wasm", &bytes)
+}
+
+fn assert_one_line_exit_2(args: &[&str], says: &[&str]) {
+    let (code, stdout, stderr) = run_fnhost(args);
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr:?}");
+    for needle in says {
+        assert!(lines[0].contains(needle), "says {needle:?}: {stderr:?}");
+    }
+    assert!(!stdout.contains("serving"), "never served: {stdout}");
+}
+
+#[test]
+fn a_component_over_the_size_cap_is_refused_before_it_is_compiled() {
+    let big = padded_hello(80 << 20);
+    let big = big.to_str().unwrap();
+    let says = [big, "64MiB component size cap", "--max-component-size"];
+    assert_one_line_exit_2(&["check", big], &says);
+    assert_one_line_exit_2(&["serve", "--listen", "127.0.0.1:0", big], &says);
+    // The same file is a valid component: the cap alone refused it.
+    let (code, stdout, stderr) = run_fnhost(&["check", "--max-component-size", "100MiB", big]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[test]
+fn directory_grants_of_the_root_or_of_fnhost_folders_are_refused() {
+    let hello = example("hello");
+    let hello = hello.to_str().unwrap();
+    assert_one_line_exit_2(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            "/::/host",
+            hello,
+        ],
+        &["--dir /", "whole filesystem"],
+    );
+    let parent = temp_dir("grant-parent");
+    let cache = parent.join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let around = format!("{}::/data", parent.display());
+    assert_one_line_exit_2(
+        &["serve", "--cache-dir", cache_arg, "--dir", &around, hello],
+        &["contains fnhost's compile cache"],
+    );
+    std::fs::create_dir_all(cache.join("inside")).unwrap();
+    let inside = format!("{}::/data", cache.join("inside").display());
+    assert_one_line_exit_2(
+        &["serve", "--cache-dir", cache_arg, "--dir", &inside, hello],
+        &["is inside fnhost's compile cache"],
+    );
+}
+
+/// 4 MiB of screen-clearing escape sequences: the log gets at most the
+/// cap, escaped, with one marker line, and the next call starts a new
+/// budget.
+#[test]
+fn guest_output_is_capped_per_invocation_and_escaped() {
+    let server = Server::start(&example("trap"), &["--max-guest-output", "64KiB"]);
+    let flood = |bytes: u32| {
+        let response = client()
+            .get(server.url(&format!("/flood?bytes={bytes}")))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.headers()["fnhost-invocation-id"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = flood(4 << 20);
+    let marker = format!("[{first}] fnhost: guest output cut at 64KiB");
+    server.wait_for_log(&marker, Duration::from_secs(5));
+    let second = flood(1 << 10);
+    server.wait_for_log(&format!("[{second}] "), Duration::from_secs(5));
+    let log = server.log();
+    let of = |id: &str| -> Vec<String> {
+        let prefix = format!("[{id}] ");
+        log.iter()
+            .filter(|l| l.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    let first_lines = of(&first);
+    let guest_bytes: usize = first_lines
+        .iter()
+        .filter(|l| !l.contains("fnhost: guest output cut"))
+        .map(|l| l.len())
+        .sum();
+    // 64 KiB of guest bytes, each escape written as six characters.
+    assert!(guest_bytes < 6 * (64 << 10), "{guest_bytes} bytes logged");
+    assert!(guest_bytes > 32 << 10, "the output up to the cap is kept");
+    assert_eq!(
+        first_lines
+            .iter()
+            .filter(|l| l.contains("guest output cut"))
+            .count(),
+        1
+    );
+    assert!(
+        log.iter()
+            .all(|l| !l.contains('\u{1b}') && !l.contains('\r')),
+        "no raw escape or carriage return reaches the log"
+    );
+    assert!(first_lines[0].contains("\\u{1b}[2J\\u{1b}[31mred text"));
+    assert!(
+        !of(&second).is_empty(),
+        "a new invocation gets a new budget"
+    );
+}
+
+/// `--queue-timeout`: a call that cannot get a sync-lane thread in time is
+/// refused with 503 and Retry-After instead of waiting behind the others.
+#[test]
+fn a_call_left_waiting_for_a_sync_thread_is_refused_at_the_queue_timeout() {
+    let server = Server::start(
+        &example("sleep"),
+        &[
+            "--mode",
+            "sync",
+            "--threads",
+            "1",
+            "--queue-timeout",
+            "200ms",
+        ],
+    );
+    let long = {
+        let url = server.url("/?ms=3000");
+        std::thread::spawn(move || client().get(url).send().unwrap().status())
+    };
+    // The long call holds the only thread once the lane reports it busy.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let refused = client().get(server.url("/?ms=1")).send().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["fnhost-error"], "capacity");
+    assert!(refused.headers().contains_key("retry-after"));
+    // Refused at the bound, far before the thread frees (2.5 s later).
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_millis(2000), "{waited:?}");
+    assert_eq!(long.join().unwrap(), 200);
+}
