@@ -38,6 +38,10 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest body chunk in one frame, in bytes (leaves room for the envelope).
 pub const MAX_CHUNK: usize = 256 << 10;
+/// Response body bytes a worker may send for one invocation ahead of what
+/// the supervisor has handed to the client's connection: a client that
+/// stops reading costs the supervisor at most this much per invocation.
+pub const RESPONSE_WINDOW: usize = 1 << 20;
 /// Frames the writer coalesces into one write before flushing.
 const MAX_COALESCED: usize = 64;
 
@@ -82,6 +86,15 @@ pub enum ToWorker {
         id: u64,
         /// The delivery.
         message: QueueMessage,
+    },
+    /// The client's connection took `bytes` more of an invocation's
+    /// response body: the worker may send that much more
+    /// ([`RESPONSE_WINDOW`]).
+    ResponseCredit {
+        /// The invocation.
+        id: u64,
+        /// Bytes taken.
+        bytes: u32,
     },
 }
 
@@ -362,6 +375,7 @@ pub struct ChannelBody {
     chunks: mpsc::UnboundedReceiver<Result<Bytes, BodyError>>,
     length: Option<u64>,
     on_drop: Option<Box<dyn FnOnce(bool) + Send>>,
+    on_chunk: Option<Box<dyn FnMut(usize) + Send>>,
     finished: bool,
 }
 
@@ -373,6 +387,7 @@ impl ChannelBody {
             chunks,
             length: None,
             on_drop: None,
+            on_chunk: None,
             finished: false,
         };
         (sender, body)
@@ -381,6 +396,12 @@ impl ChannelBody {
     /// Declares the body's exact length (passed on as its size hint).
     pub fn with_length(mut self, length: Option<u64>) -> Self {
         self.length = length;
+        self
+    }
+
+    /// Runs `hook` with each chunk's length as the reader takes it.
+    pub fn on_chunk(mut self, hook: impl FnMut(usize) + Send + 'static) -> Self {
+        self.on_chunk = Some(Box::new(hook));
         self
     }
 
@@ -413,7 +434,12 @@ impl hyper::body::Body for ChannelBody {
             return std::task::Poll::Ready(None);
         }
         this.chunks.poll_recv(cx).map(|item| match item {
-            Some(Ok(chunk)) => Some(Ok(hyper::body::Frame::data(chunk))),
+            Some(Ok(chunk)) => {
+                if let Some(hook) = this.on_chunk.as_mut() {
+                    hook(chunk.len());
+                }
+                Some(Ok(hyper::body::Frame::data(chunk)))
+            }
             Some(Err(error)) => {
                 this.finished = true;
                 Some(Err(error))

@@ -18,6 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tokio_util::codec::Decoder;
@@ -97,9 +98,15 @@ fn read_init(channel: &mut UnixStream) -> anyhow::Result<WorkerInit> {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set: fnhost at info, the rest at
+/// warn, except wasmtime's compiler, whose warnings about a component
+/// (a malformed name section, found by the fuzz sweep) come before the
+/// one-line error that refuses it and say nothing the error does not.
+pub const DEFAULT_LOG_FILTER: &str = "fnhost=info,wasmtime_environ=error,warn";
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fnhost=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -118,6 +125,8 @@ struct Running {
 struct RunningInvocation {
     body: Option<UnboundedSender<Result<Bytes, BodyError>>>,
     task: Option<AbortHandle>,
+    /// Response body bytes the worker may still send ([`ipc::RESPONSE_WINDOW`]).
+    window: Arc<Semaphore>,
 }
 
 impl Running {
@@ -135,6 +144,15 @@ impl Running {
     fn end_body(&self, id: u64) {
         if let Some(running) = self.invocations.lock().expect("running map").get_mut(&id) {
             running.body = None;
+        }
+    }
+
+    /// The supervisor handed `bytes` more of `id`'s response to its client.
+    fn credit(&self, id: u64, bytes: u32) {
+        if let Some(running) = self.invocations.lock().expect("running map").get(&id) {
+            // Never past the window: credits are for bytes this worker sent.
+            let room = ipc::RESPONSE_WINDOW.saturating_sub(running.window.available_permits());
+            running.window.add_permits((bytes as usize).min(room));
         }
     }
 
@@ -247,12 +265,16 @@ async fn serve(
                         body.with_length(head.body_length).boxed_unsync(),
                     )
                 };
+                let window = Arc::new(Semaphore::new(ipc::RESPONSE_WINDOW));
                 let mut invocations = running.invocations.lock().expect("running map");
                 let task = tokio::spawn(invoke(
                     dispatch.clone(),
                     *head,
                     body,
-                    to_supervisor.clone(),
+                    Response {
+                        to_supervisor: to_supervisor.clone(),
+                        window: window.clone(),
+                    },
                     running.clone(),
                 ));
                 invocations.insert(
@@ -260,6 +282,7 @@ async fn serve(
                     RunningInvocation {
                         body: body_sender,
                         task: Some(task.abort_handle()),
+                        window,
                     },
                 );
             }
@@ -278,6 +301,7 @@ async fn serve(
                 running.end_body(id);
             }
             ToWorker::Cancel { id } => running.cancel(id),
+            ToWorker::ResponseCredit { id, bytes } => running.credit(id, bytes),
             ToWorker::InvokeQueue { id, message } => {
                 let call = dispatch.dispatch_queue(crate::invocation::QueueInvocation {
                     id: InvocationId::from_u64(id),
@@ -332,13 +356,36 @@ async fn start_failed(
 }
 
 /// Runs one invocation and streams its outcome back.
+/// Where an invocation's answer goes: the channel to the supervisor, and
+/// the window that paces its response body.
+struct Response {
+    to_supervisor: UnboundedSender<ToSupervisor>,
+    window: Arc<Semaphore>,
+}
+
+impl Response {
+    /// Sends one body chunk once the window has room for it: a client that
+    /// stops reading stops the guest's body here, not in the supervisor's
+    /// memory.
+    async fn chunk(&self, id: u64, chunk: Bytes) {
+        let bytes = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        if let Ok(permits) = self.window.acquire_many(bytes).await {
+            permits.forget();
+        }
+        let _ = self
+            .to_supervisor
+            .send(ToSupervisor::ResponseBody { id, chunk });
+    }
+}
+
 async fn invoke(
     dispatch: Arc<dyn crate::Dispatch>,
     head: ipc::InvokeHead,
     body: crate::invocation::Body,
-    to_supervisor: UnboundedSender<ToSupervisor>,
+    out: Response,
     running: Arc<Running>,
 ) {
+    let to_supervisor = &out.to_supervisor;
     let id = head.id;
     let request = match build_request(head, body) {
         Ok(request) => request,
@@ -411,6 +458,7 @@ async fn invoke(
     }
     let mut body_start = body_start.freeze();
     let rest = body_start.split_off(body_start.len().min(ipc::MAX_CHUNK));
+    out.window.forget_permits(body_start.len());
     let _ = to_supervisor.send(ToSupervisor::ResponseHead {
         id,
         status: parts.status.as_u16(),
@@ -420,7 +468,7 @@ async fn invoke(
         body_complete: body_complete && failed.is_none() && rest.is_empty(),
     });
     for chunk in ipc::chunks(rest.clone()) {
-        let _ = to_supervisor.send(ToSupervisor::ResponseBody { id, chunk });
+        out.chunk(id, chunk).await;
     }
     if let Some(detail) = failed {
         let _ = to_supervisor.send(ToSupervisor::ResponseAbort {
@@ -432,23 +480,20 @@ async fn invoke(
             let _ = to_supervisor.send(ToSupervisor::ResponseEnd { id });
         }
     } else {
-        stream_body(id, body, &to_supervisor).await;
+        stream_body(id, body, &out).await;
     }
     running.finish(id);
 }
 
 /// Streams the rest of a response body, chunk by chunk, then its end.
-async fn stream_body(
-    id: u64,
-    mut body: crate::invocation::Body,
-    to_supervisor: &UnboundedSender<ToSupervisor>,
-) {
+async fn stream_body(id: u64, mut body: crate::invocation::Body, out: &Response) {
+    let to_supervisor = &out.to_supervisor;
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     for chunk in ipc::chunks(data) {
-                        let _ = to_supervisor.send(ToSupervisor::ResponseBody { id, chunk });
+                        out.chunk(id, chunk).await;
                     }
                 }
             }

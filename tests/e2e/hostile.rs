@@ -172,3 +172,102 @@ fn a_call_left_waiting_for_a_sync_thread_is_refused_at_the_queue_timeout() {
     assert!(waited < Duration::from_millis(2000), "{waited:?}");
     assert_eq!(long.join().unwrap(), 200);
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// A client that asks for a 32 MiB response and stops reading: the
+/// supervisor holds at most the response window (not the body), the write
+/// timeout cuts the connection, and the one sync-lane thread is free for
+/// the next call.
+#[test]
+fn a_client_that_stops_reading_costs_one_window_and_is_cut_at_the_write_timeout() {
+    use std::io::{Read, Write};
+    let server = Server::start(
+        &example("trap"),
+        &["--threads", "1", "--write-timeout", "2s"],
+    );
+    assert_eq!(
+        client().get(server.url("/ok")).send().unwrap().status(),
+        200
+    );
+    let before = resident(server.pid());
+    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"GET /big?bytes=33554432 HTTP/1.1\r\nhost: fnhost\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 512];
+    let read = stalled.read(&mut head).unwrap();
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &head[..read]
+    );
+    // The guest has written what it can by now; the client reads no more.
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = resident(server.pid());
+    assert!(
+        during < before + (16 << 20),
+        "the supervisor grew by {} MiB while the client did not read",
+        (during.saturating_sub(before)) >> 20
+    );
+    // Past the write timeout the connection is cut and the thread serves
+    // the next call (otherwise it waits until the client goes away, and
+    // this call gets 503 at the queue timeout).
+    let started = Instant::now();
+    let next = client().get(server.url("/ok")).send().unwrap();
+    assert_eq!(next.status(), 200, "{:?}", server.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
+/// A log reader that stalls (the host's stdout is a pipe nobody reads)
+/// must not stall the guests: their output lines are dropped and counted
+/// instead, and every call still answers quickly.
+#[test]
+fn a_stalled_log_reader_does_not_stall_the_guests() {
+    let server = Server::start_with_stdout_unread(
+        &example("trap"),
+        &["--admin", "127.0.0.1:0", "--threads", "2"],
+    );
+    // Each call writes 512 KiB of lines to stdout; the pipe holds 64 KiB.
+    for call in 0..16 {
+        let started = Instant::now();
+        let response = client()
+            .get(server.url("/flood?bytes=524288"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "call {call}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "call {call} took {:?}",
+            started.elapsed()
+        );
+    }
+    let dropped = crate::support::wait_until(
+        Duration::from_secs(5),
+        "the dropped lines counted in /metrics",
+        || {
+            client()
+                .get(server.admin_url("/metrics"))
+                .send()
+                .and_then(|r| r.text())
+                .is_ok_and(|text| {
+                    text.lines().any(|l| {
+                        l.starts_with("fnhost_guest_output_dropped_lines_total ")
+                            && !l.ends_with(" 0")
+                    })
+                })
+        },
+    );
+    let _ = dropped;
+}

@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod check;
+mod fuzz;
 mod guests;
 mod hostile;
 mod lanes;

@@ -228,6 +228,49 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Serves `wasm` with `args` (and the shared compile cache) while
+    /// nobody reads the host's stdout: a log reader that has stalled.
+    pub fn start_with_stdout_unread(wasm: &Path, args: &[&str]) -> Server {
+        let mut full: Vec<String> = vec![
+            "--cache-dir".into(),
+            shared_cache_dir().display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let (mut child, log, addr_rx) = spawn_serve_reading(wasm, &full, false);
+        let addr = addr_rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("fnhost did not start: {:?}", log.lock().unwrap());
+        });
+        Server { child, addr, log }
+    }
+
+    /// Serves `wasm` with exactly `args`, or reports why it did not start
+    /// within `within`: its exit code (`None`: it was still running, and
+    /// was killed) and its log.
+    pub fn try_start(
+        wasm: &Path,
+        args: &[String],
+        within: Duration,
+    ) -> Result<Server, (Option<i32>, Vec<String>)> {
+        let (mut child, log, addr_rx) = spawn_serve(wasm, args);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(20)) {
+                return Ok(Server { child, addr, log });
+            }
+            if let Some(status) = child.try_wait().expect("waiting for fnhost") {
+                // Let the readers take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err((status.code(), log.lock().unwrap().clone()));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err((None, log.lock().unwrap().clone()));
+            }
+        }
+    }
+
     /// Starts `fnhost serve` for a test that expects it to exit without
     /// ever serving (its address is unspecified).
     pub fn start_expecting_exit(wasm: &Path, args: &[&str]) -> Server {
@@ -319,6 +362,16 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// Spawns `fnhost serve --listen 127.0.0.1:0 ARGS WASM`, collecting its output.
 fn spawn_serve(wasm: &Path, args: &[String]) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
+    spawn_serve_reading(wasm, args, true)
+}
+
+/// Starts `fnhost serve`; its stdout is collected into the log only when
+/// `read_stdout` (unread, it stays a pipe that nobody drains).
+fn spawn_serve_reading(
+    wasm: &Path,
+    args: &[String],
+    read_stdout: bool,
+) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
     let mut child = Command::new(fnhost_bin())
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -334,7 +387,9 @@ fn spawn_serve(wasm: &Path, args: &[String]) -> (Child, Log, mpsc::Receiver<Sock
     let log = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = mpsc::channel();
     collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx));
-    collect_lines(child.stdout.take().unwrap(), log.clone(), None);
+    if read_stdout {
+        collect_lines(child.stdout.take().unwrap(), log.clone(), None);
+    }
     (child, log, addr_rx)
 }
 

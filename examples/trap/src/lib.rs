@@ -10,6 +10,9 @@
 //! as a hostile guest would, to show that guest output is capped and
 //! escaped before it reaches the host's log.
 //!
+//! `/big?bytes=N` answers with an N-byte body, for the tests of clients
+//! that stop reading.
+//!
 //! Run it: `fnhost serve examples/target/wasm32-wasip2/release/trap.wasm`, then
 //! `curl -i http://127.0.0.1:8080/` (500) and `curl http://127.0.0.1:8080/ok` (200).
 
@@ -26,6 +29,12 @@ fn trap(request: Request) -> impl IntoResponse {
         "/ok" => "still serving\n".to_string(),
         "/once" if calls == 1 => "the first call on this instance\n".to_string(),
         "/once" => panic!("the trap example's /once serves one call per instance"),
+        "/big" => {
+            let bytes: usize = query_param(&request, "bytes")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1 << 20);
+            "x".repeat(bytes)
+        }
         "/flood" => {
             let bytes: usize = query_param(&request, "bytes")
                 .and_then(|n| n.parse().ok())

@@ -29,8 +29,7 @@ enum Command {
     Worker,
 }
 
-/// The log filter when `RUST_LOG` is not set.
-const DEFAULT_LOG_FILTER: &str = "fnhost=info,warn";
+use fnhost::worker::DEFAULT_LOG_FILTER;
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -48,8 +47,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: fnhost at info,
-/// everything else at warn).
+/// Logs go to stderr; `RUST_LOG` filters them (default:
+/// [`DEFAULT_LOG_FILTER`]).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));

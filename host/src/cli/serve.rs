@@ -44,6 +44,10 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     header_timeout: Duration,
 
+    /// Longest a write to a client may wait; a client that stops reading its response is disconnected after it.
+    #[arg(long, env = "FNHOST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    write_timeout: Duration,
+
     /// Wall clock per invocation, response body included (504 beyond).
     #[arg(long, env = "FNHOST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     timeout: Duration,
@@ -176,6 +180,7 @@ impl ServeCommand {
             http: HttpLimits {
                 max_body: self.max_body,
                 header_read_timeout: self.header_timeout,
+                write_timeout: self.write_timeout,
                 ..HttpLimits::default()
             },
             invocation: InvocationLimits {

@@ -91,6 +91,9 @@ pub struct HttpLimits {
     /// Time a client has to send a complete request head (the connection is
     /// closed after it; this is what stops slow-loris clients).
     pub header_read_timeout: Duration,
+    /// Longest a write to a client may wait (a client that stops reading
+    /// its response); the connection is closed beyond it.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -101,6 +104,7 @@ impl Default for HttpLimits {
             max_header_bytes: 64 << 10,
             max_uri_len: 8 << 10,
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

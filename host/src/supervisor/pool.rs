@@ -185,11 +185,20 @@ impl WorkerLink {
                     let _ = sender.send(Ok(body_start));
                 }
                 let link = self.clone();
-                let body = body.with_length(body_length).on_drop(move |finished| {
+                let mut body = body.with_length(body_length).on_drop(move |finished| {
                     if !finished {
                         link.cancel(id);
                     }
                 });
+                // Credits pace a body still streaming; a complete one (most
+                // responses) costs no message back.
+                if !body_complete {
+                    let credit = self.to_worker.clone();
+                    body = body.on_chunk(move |bytes| {
+                        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+                        let _ = credit.send(ToWorker::ResponseCredit { id, bytes });
+                    });
+                }
                 let mut response = http::Response::new(body.boxed_unsync());
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;

@@ -84,6 +84,12 @@ impl HttpTrigger {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            // A client that stops reading leaves a write pending: past the
+            // write timeout the write fails, the connection ends, and the
+            // response body (and whatever produces it) is dropped.
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(self.limits.write_timeout));
+            let stream = Box::pin(stream);
             let dispatch = self.dispatch.clone();
             let limits = self.limits.clone();
             let service = hyper::service::service_fn(move |request| {
