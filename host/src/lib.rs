@@ -133,10 +133,12 @@ impl HostBuilder {
                 });
             }
         }
+        let mut protected = vec![(path.as_path(), "component file")];
         if let Some(cache) = &self.config.cache_dir {
-            config::refuse_unsafe_dirs(&self.config.grants.dirs, &[(cache, "compile cache")])
-                .map_err(|(path, reason)| HostError::Dir { path, reason })?;
+            protected.push((cache.as_path(), "compile cache"));
         }
+        config::refuse_unsafe_dirs(&self.config.grants.dirs, &protected)
+            .map_err(|(path, reason)| HostError::Dir { path, reason })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
         let file = component::read_checked(
             &path,

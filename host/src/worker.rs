@@ -187,6 +187,7 @@ async fn serve(
         );
         return Ok(start_failed(to_supervisor, writer, message).await);
     }
+    let timeout = init.config.invocation.timeout;
     let host = match Host::builder(init.config)
         .component(&init.component)
         .build()
@@ -274,6 +275,7 @@ async fn serve(
                     Response {
                         to_supervisor: to_supervisor.clone(),
                         window: window.clone(),
+                        deadline: tokio::time::Instant::now() + timeout,
                     },
                     running.clone(),
                 ));
@@ -329,6 +331,13 @@ async fn serve(
                 }
                 stats_task.abort();
                 let _ = stats_task.await;
+                // The last calls' output, then the counts that include it.
+                crate::exec::flush_guest_output(Duration::from_secs(1));
+                let _ = to_supervisor.send(ToSupervisor::Stats {
+                    instances: crate::exec::live_instances(),
+                    async_stalls: crate::exec::async_stalls(),
+                    guest_output_dropped: crate::exec::guest_output_dropped(),
+                });
                 drop(to_supervisor);
                 drop(running);
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -355,29 +364,44 @@ async fn start_failed(
     ExitCode::from(EXIT_START_FAILED)
 }
 
-/// Runs one invocation and streams its outcome back.
 /// Where an invocation's answer goes: the channel to the supervisor, and
 /// the window that paces its response body.
 struct Response {
     to_supervisor: UnboundedSender<ToSupervisor>,
     window: Arc<Semaphore>,
+    /// The invocation's deadline: past it, waiting for the window ends the
+    /// response (a client that reads, but too slowly, cannot hold the guest
+    /// past `--timeout` either).
+    deadline: tokio::time::Instant,
 }
 
 impl Response {
     /// Sends one body chunk once the window has room for it: a client that
     /// stops reading stops the guest's body here, not in the supervisor's
-    /// memory.
-    async fn chunk(&self, id: u64, chunk: Bytes) {
+    /// memory. False, with the body aborted, when the deadline passed first.
+    async fn chunk(&self, id: u64, chunk: Bytes) -> bool {
         let bytes = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-        if let Ok(permits) = self.window.acquire_many(bytes).await {
-            permits.forget();
+        match tokio::time::timeout_at(self.deadline, self.window.acquire_many(bytes)).await {
+            Ok(Ok(permits)) => permits.forget(),
+            Ok(Err(_closed)) => {}
+            Err(_) => {
+                let _ = self.to_supervisor.send(ToSupervisor::ResponseAbort {
+                    id,
+                    detail:
+                        "the client had not taken the response body by the invocation's deadline"
+                            .to_string(),
+                });
+                return false;
+            }
         }
         let _ = self
             .to_supervisor
             .send(ToSupervisor::ResponseBody { id, chunk });
+        true
     }
 }
 
+/// Runs one invocation and streams its outcome back.
 async fn invoke(
     dispatch: Arc<dyn crate::Dispatch>,
     head: ipc::InvokeHead,
@@ -468,7 +492,10 @@ async fn invoke(
         body_complete: body_complete && failed.is_none() && rest.is_empty(),
     });
     for chunk in ipc::chunks(rest.clone()) {
-        out.chunk(id, chunk).await;
+        if !out.chunk(id, chunk).await {
+            running.finish(id);
+            return;
+        }
     }
     if let Some(detail) = failed {
         let _ = to_supervisor.send(ToSupervisor::ResponseAbort {
@@ -493,7 +520,9 @@ async fn stream_body(id: u64, mut body: crate::invocation::Body, out: &Response)
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     for chunk in ipc::chunks(data) {
-                        out.chunk(id, chunk).await;
+                        if !out.chunk(id, chunk).await {
+                            return;
+                        }
                     }
                 }
             }

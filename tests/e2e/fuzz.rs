@@ -144,6 +144,13 @@ fn run_case(file: &Path, cache: &Path) -> Result<&'static str, String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning fnhost check");
+    // Read while it runs, so a chatty child cannot fill the pipe and look hung.
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -154,8 +161,7 @@ fn run_case(file: &Path, cache: &Path) -> Result<&'static str, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = reader.join().unwrap();
     match status.code() {
         Some(0) => {}
         Some(2) if stderr.lines().count() == 1 => return Ok("refused by check"),
@@ -179,7 +185,15 @@ fn run_case(file: &Path, cache: &Path) -> Result<&'static str, String> {
             }
             Ok("served")
         }
-        Err((Some(2), log)) if log.iter().any(|l| l.contains("error")) => Ok("refused by serve"),
+        Err((Some(2), log))
+            if log
+                .iter()
+                .filter(|l| l.starts_with("fnhost: error:"))
+                .count()
+                == 1 =>
+        {
+            Ok("refused by serve")
+        }
         Err((code, log)) => Err(format!("serve ended with {code:?}: {log:?}")),
     }
 }

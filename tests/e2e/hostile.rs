@@ -80,6 +80,24 @@ fn directory_grants_of_the_root_or_of_fnhost_folders_are_refused() {
         &["serve", "--cache-dir", cache_arg, "--dir", &inside, hello],
         &["is inside fnhost's compile cache"],
     );
+    // Nested grants: the guest could swap the inner one for a symlink.
+    std::fs::create_dir_all(parent.join("a").join("b")).unwrap();
+    let outer = format!("{}::/a", parent.join("a").display());
+    let inner = format!("{}::/b", parent.join("a").join("b").display());
+    assert_one_line_exit_2(
+        &["serve", "--dir", &outer, "--dir", &inner, hello],
+        &["overlaps --dir"],
+    );
+    // A grant holding the component: the guest could rewrite what loads.
+    let app = parent.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy(example("hello"), app.join("hello.wasm")).unwrap();
+    let own = format!("{}::/app", app.display());
+    let component = app.join("hello.wasm");
+    assert_one_line_exit_2(
+        &["serve", "--dir", &own, component.to_str().unwrap()],
+        &["contains fnhost's component file"],
+    );
 }
 
 /// 4 MiB of screen-clearing escape sequences: the log gets at most the
@@ -153,14 +171,23 @@ fn a_call_left_waiting_for_a_sync_thread_is_refused_at_the_queue_timeout() {
             "1",
             "--queue-timeout",
             "200ms",
+            "--admin",
+            "127.0.0.1:0",
         ],
     );
     let long = {
         let url = server.url("/?ms=3000");
         std::thread::spawn(move || client().get(url).send().unwrap().status())
     };
-    // The long call holds the only thread once the lane reports it busy.
-    std::thread::sleep(Duration::from_millis(500));
+    // The long call holds the only thread once it is in flight.
+    crate::support::wait_until(Duration::from_secs(2), "the long call in flight", || {
+        client()
+            .get(server.admin_url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .is_ok_and(|text| text.lines().any(|l| l == "fnhost_in_flight 1"))
+    });
+    std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let refused = client().get(server.url("/?ms=1")).send().unwrap();
     let waited = started.elapsed();

@@ -78,7 +78,7 @@ pub struct ServeCommand {
     queue_depth: Option<u64>,
 
     /// Longest a call waits for a sync-lane thread before 503 with Retry-After [default: 5s, or half of --timeout if shorter].
-    #[arg(long, env = "FNHOST_QUEUE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "FNHOST_QUEUE_TIMEOUT", value_parser = parse_nonzero_duration, value_name = "DURATION")]
     queue_timeout: Option<Duration>,
 
     /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for WASIp3 components].
@@ -225,7 +225,7 @@ impl ServeCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let config = self.config();
         // The data folder holds the embedded queue store, when there is a queue.
-        let mut protected = Vec::new();
+        let mut protected = vec![(self.component.as_path(), "component file")];
         if self.queue.is_some() {
             protected.push((self.data_dir.as_path(), "data folder"));
         }
@@ -308,6 +308,7 @@ impl ServeCommand {
                 self.component.display()
             );
             let drained = host.serve(listener, shutdown_signal()).await;
+            fnhost::exec::flush_guest_output(std::time::Duration::from_secs(1));
             if drained {
                 tracing::info!("drained; exiting");
             } else {
@@ -370,5 +371,13 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
+    }
+}
+
+/// A duration that is more than zero (a zero wait would refuse every call).
+fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err(format!("`{text}` must be more than zero")),
+        duration => Ok(duration),
     }
 }

@@ -260,6 +260,10 @@ pub struct GuestGrants {
 /// or a directory that contains or lies inside one of fnhost's own
 /// folders (`protected`, each with what it holds): the compile cache holds
 /// native code fnhost runs, and the data folder holds the queue store.
+/// The component file is protected the same way (a guest could rewrite
+/// what every new worker loads), and grants may not overlap: a guest could
+/// replace the inner one with a symlink through the outer one, and the
+/// next instance would open wherever it points.
 /// Paths are compared after resolving symlinks and `..`; a protected
 /// folder that does not exist yet is compared by its nearest existing
 /// ancestor plus the rest.
@@ -267,8 +271,20 @@ pub fn refuse_unsafe_dirs(
     dirs: &[DirGrant],
     protected: &[(&Path, &str)],
 ) -> Result<(), (PathBuf, String)> {
-    for grant in dirs {
-        let host = resolve(&grant.host);
+    let resolved: Vec<PathBuf> = dirs.iter().map(|grant| resolve(&grant.host)).collect();
+    for (index, grant) in dirs.iter().enumerate() {
+        let host = &resolved[index];
+        if let Some(other) = (0..index).find(|&earlier| {
+            resolved[earlier].starts_with(host) || host.starts_with(&resolved[earlier])
+        }) {
+            return Err((
+                grant.host.clone(),
+                format!(
+                    "refused: it overlaps --dir {} (a guest could swap one for a link through the other)",
+                    dirs[other].host.display()
+                ),
+            ));
+        }
         if host.parent().is_none() {
             return Err((
                 grant.host.clone(),
@@ -277,7 +293,7 @@ pub fn refuse_unsafe_dirs(
         }
         for (folder, holds) in protected {
             let folder = resolve(folder);
-            let relation = if folder.starts_with(&host) {
+            let relation = if folder.starts_with(host) {
                 "contains"
             } else if host.starts_with(&folder) {
                 "is inside"

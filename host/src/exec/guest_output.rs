@@ -8,19 +8,20 @@
 //! - **Escaped**: control characters other than tab (terminal escape
 //!   sequences, carriage returns, C1 controls) are written as `\u{1b}`, so
 //!   a log viewed in a terminal cannot be driven by a guest.
-//! - **Never blocking**: lines go to one writer thread through a bounded
-//!   queue; when the host's stdout or stderr does not keep up, lines are
-//!   dropped and counted ([`dropped_lines`]), and the writer says how many
-//!   once it catches up. Guest calls never wait for the host's log.
+//! - **Never blocking**: lines go to one writer thread through a queue of
+//!   at most 4 MiB; when the host's stdout or stderr does not keep up,
+//!   lines are dropped and counted ([`dropped_lines`]), and the writer says
+//!   how many once it catches up. Guest calls never wait for the host's
+//!   log. [`flush`] lets the last lines out at shutdown.
 
 use super::state::CurrentInvocation;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -28,8 +29,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// A partial line longer than this is forwarded without waiting for its
 /// newline, so a guest cannot grow host memory by never ending a line.
 const MAX_LINE: usize = 16 << 10;
-/// Lines waiting for the writer thread; beyond, lines are dropped.
-const QUEUED_LINES: usize = 256;
+/// Bytes of lines waiting for the writer thread; beyond, lines are
+/// dropped (fnhost's own marker lines excepted).
+const QUEUED_BYTES: usize = 4 << 20;
 
 /// Which host stream a guest stream goes to.
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +159,7 @@ impl LineForwarder {
                     "[{id}] fnhost: guest output cut at {} for this invocation (--max-guest-output)",
                     crate::config::parse::format_size(self.output.budget.limit)
                 ),
+                true,
             );
         }
     }
@@ -167,7 +170,7 @@ impl LineForwarder {
         let id = self.output.invocation.get();
         let mut formatted = format!("[{id}] ");
         escape_into(&mut formatted, text);
-        queue(self.output.target, formatted);
+        queue(self.output.target, formatted, false);
     }
 }
 
@@ -236,37 +239,93 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Waits up to `within` for the writer to write every queued line (at
+/// shutdown, so the last lines of the last calls reach the log).
+pub fn flush(within: std::time::Duration) {
+    let queue = writer();
+    let deadline = std::time::Instant::now() + within;
+    let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+    while !state.lines.is_empty() || state.writing {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        state = queue
+            .changed
+            .wait_timeout(state, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Hands `line` to the writer thread, or drops and counts it when the
-/// writer is behind.
-fn queue(target: HostStream, line: String) {
-    static WRITER: OnceLock<Option<SyncSender<(HostStream, String)>>> = OnceLock::new();
-    let writer = WRITER.get_or_init(|| {
-        let (sender, lines) = sync_channel(QUEUED_LINES);
-        std::thread::Builder::new()
+/// Lines waiting for the writer thread, bounded by their bytes.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a line is queued or the writer finished one.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: VecDeque<(HostStream, String)>,
+    bytes: usize,
+    writing: bool,
+}
+
+/// The process's writer thread and its queue, started on first use.
+fn writer() -> &'static Queue {
+    static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            changed: Condvar::new(),
+        });
+        let writer = queue.clone();
+        let started = std::thread::Builder::new()
             .name("fnhost-guest-output".into())
-            .spawn(move || write_lines(lines))
-            .ok()
-            .map(|_| sender)
-    });
-    let sent = match writer {
-        Some(writer) => match writer.try_send((target, line)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-        },
-        None => false,
-    };
-    if !sent {
+            .spawn(move || write_lines(&writer));
+        if let Err(error) = started {
+            tracing::warn!("cannot start the guest output writer: {error}");
+        }
+        queue
+    })
+}
+
+/// Hands `line` to the writer thread, or drops and counts it when the
+/// queue already holds [`QUEUED_BYTES`]. A `marker` (fnhost's own line
+/// about the output) is always queued: at most one per invocation.
+fn queue(target: HostStream, line: String, marker: bool) {
+    let queue = writer();
+    let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+    if !marker && state.bytes + line.len() > QUEUED_BYTES {
         DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
     }
+    state.bytes += line.len();
+    state.lines.push_back((target, line));
+    queue.changed.notify_all();
 }
 
 /// The writer thread: writes each line, and after a drop says how many
 /// lines were lost.
-fn write_lines(lines: Receiver<(HostStream, String)>) {
+fn write_lines(queue: &Queue) {
     let mut reported = 0;
-    for (target, line) in lines {
+    loop {
+        let (target, line) = {
+            let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.writing = false;
+            queue.changed.notify_all();
+            loop {
+                if let Some(next) = state.lines.pop_front() {
+                    state.bytes -= next.1.len();
+                    state.writing = true;
+                    break next;
+                }
+                state = queue.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
         // A failed write to the host's own stdio is not the guest's problem.
         let _ = match target {
             HostStream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),

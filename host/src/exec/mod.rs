@@ -42,6 +42,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub use guest_output::dropped_lines as guest_output_dropped;
+pub use guest_output::flush as flush_guest_output;
 pub use outbound::MAX_CONNECT_TIMEOUT;
 pub use state::live_instances;
 

@@ -242,7 +242,9 @@ impl WorkerState for Reuse {
         id: InvocationId,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
-        store.data_mut().begin(id);
+        // Calls running at once share the store: the output budget starts
+        // again only when this call is the instance's only one.
+        store.data_mut().begin_shared(id, self.clock.idle());
         let call = self.clock.call_started(id);
         let timeout = self.request_timeout;
         Box::pin(async move {

@@ -127,6 +127,14 @@ impl GuestClock {
         true
     }
 
+    /// Whether the instance is running no call now.
+    pub fn idle(&self) -> bool {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// Records that `id` started on this instance; the guard forgets it.
     pub fn call_started(self: &Arc<Self>, id: InvocationId) -> CallGuard {
         self.calls

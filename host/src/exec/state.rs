@@ -88,6 +88,18 @@ impl StoreState {
         self.output.reset();
     }
 
+    /// Marks the start of invocation `id` on a store that may be running
+    /// other calls (a WASIp3 instance): the output budget starts again
+    /// only when `alone`, so concurrent calls share one, and the outbound
+    /// count is not used.
+    pub fn begin_shared(&mut self, id: InvocationId, alone: bool) {
+        self.invocation.set(id);
+        self.limiter.exceeded = false;
+        if alone {
+            self.output.reset();
+        }
+    }
+
     /// Outbound HTTP requests the guest sent (or tried to) in this call.
     pub fn outbound_requests(&self) -> u32 {
         self.outbound.sent()

@@ -14,7 +14,9 @@
 //!   thread comes back when the host call returns and the trap fires. The
 //!   request body fails at the deadline, so a client that stops sending
 //!   cannot hold a thread; a client that stops *reading* a large response
-//!   still can, until it disconnects (the guest waits to write).
+//!   holds it until `--write-timeout` cuts the connection (the guest waits
+//!   to write until then), and, behind worker processes, no longer than
+//!   the invocation's deadline.
 //! - An instance serves as many calls as `reuse.rs` allows (`--instance-reuse`,
 //!   or many for a component with a large initial memory such as CPython's);
 //!   what one call leaves in memory is then seen by the next. A failed
