@@ -238,6 +238,7 @@ impl ServeCommand {
             anyhow::bail!("--dir {}: {reason}", path.display());
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(fnhost::config::cores())
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;

@@ -241,8 +241,15 @@ impl Default for ExecutionConfig {
 /// The sync lane's default thread count: `min(32, cores + 4)`, the default of
 /// Python's `ThreadPoolExecutor` that Azure Functions' Python worker uses.
 pub fn default_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores + 4).min(32)
+    (cores() + 4).min(32)
+}
+
+/// CPUs this process may use, asked once: each
+/// `std::thread::available_parallelism` call reads the cgroup files again
+/// (0.1-0.4 ms each, and start-up made seven of them).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// What a guest is granted. The default grants nothing.

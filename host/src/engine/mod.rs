@@ -76,6 +76,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Alloca
             settings.max_memory,
             &settings.needs,
             slots,
+            settings.lane,
         )));
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),

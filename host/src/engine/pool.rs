@@ -11,6 +11,7 @@
 //! the largest imaginable guest would reserve address space nobody uses.
 
 use crate::component::ComponentNeeds;
+use crate::config::Lane;
 use crate::config::parse::format_size;
 use wasmtime::{Enabled, PoolingAllocationConfig};
 
@@ -85,12 +86,17 @@ pub fn check_needs(needs: &ComponentNeeds, max_memory: u64) -> Result<(), String
     Ok(())
 }
 
+/// Async stacks of a sync-lane engine's pool: its guests never run on a
+/// fiber; a few stay for any host path that would.
+const SYNC_LANE_STACKS: u32 = 16;
+
 /// The pool for `slots` instances of a component with `needs`, each
 /// memory at most `max_memory` bytes.
 pub fn pooling_config(
     max_memory: u64,
     needs: &ComponentNeeds,
     slots: u32,
+    lane: Lane,
 ) -> PoolingAllocationConfig {
     let core_instances = (needs.core_instances + ADAPTER_HEADROOM).max(MIN_CORE_INSTANCES);
     let memories = needs.memories.max(MIN_MEMORIES);
@@ -101,7 +107,14 @@ pub fn pooling_config(
         .total_core_instances(slots.saturating_mul(core_instances))
         .total_memories(slots.saturating_mul(memories))
         .total_tables(slots.saturating_mul(tables))
-        .total_stacks(slots)
+        .total_stacks(match lane {
+            Lane::Async => slots,
+            // The sync lane calls guests on its own threads' stacks: a
+            // fiber stack per slot would only cost start-up time (one
+            // guard-page `mprotect` each: 1000 of the worker's 1,079
+            // start-up syscalls).
+            Lane::Sync => SYNC_LANE_STACKS.min(slots),
+        })
         // Per-component limits are checks only: the caps, checked above
         // with a clearer message.
         .max_core_instances_per_component(MAX_CORE_INSTANCES + ADAPTER_HEADROOM)

@@ -701,7 +701,7 @@ impl Supervisor {
         let (to_worker, mut writer_task) = ipc::spawn_writer::<_, ToWorker>(write_half);
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
         let workers = self.active_slots().len().max(1);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::config::cores();
         let _ = to_worker.send(ToWorker::Init(Box::new(WorkerInit {
             protocol: ipc::PROTOCOL_VERSION,
             slot,
