@@ -24,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -32,6 +33,8 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 /// Most idle instances the lane keeps for reuse; more are dropped when
 /// their call ends (each holds its linear memory: 15-30 MiB for CPython).
 const MAX_IDLE: usize = 32;
+/// How long an idle instance beyond the ready ones is kept.
+const IDLE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs invocations as futures on the current tokio runtime.
 pub struct AsyncLane {
@@ -58,6 +61,8 @@ struct Warm {
     store: Store<StoreState>,
     proxy: Proxy,
     calls: u32,
+    /// When it last went idle.
+    idle_since: Instant,
 }
 
 /// How one call on one instance ended.
@@ -87,6 +92,7 @@ impl AsyncLane {
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(inner.clone().make_ready());
+            runtime.spawn(release_idle(Arc::downgrade(&inner)));
         }
         Self { inner }
     }
@@ -277,6 +283,7 @@ impl Inner {
                 store,
                 proxy,
                 calls: 0,
+                idle_since: Instant::now(),
             }),
             Err(error) => Err(classify(&error, store.data().limiter.exceeded())),
         }
@@ -299,10 +306,11 @@ impl Inner {
 
     /// Puts an instance that served a call back, if it may serve another.
     fn keep(&self, instance: Option<Warm>) {
-        let Some(instance) = instance else { return };
+        let Some(mut instance) = instance else { return };
         if instance.calls >= self.reuse.limit() {
             return;
         }
+        instance.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(instance);
@@ -331,6 +339,25 @@ impl Inner {
                 _ => return,
             }
         }
+    }
+}
+
+/// Every second, drops the idle instances beyond the ready ones that have
+/// waited [`IDLE_EXPIRY`]: a burst leaves up to [`MAX_IDLE`] behind, each
+/// holding its memory. Ends with the lane.
+async fn release_idle(lane: std::sync::Weak<Inner>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        let Some(lane) = lane.upgrade() else { return };
+        let mut idle = lane.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Oldest first; the newest `ready_target` stay whatever their age.
+        let keep_from = idle.len().saturating_sub(lane.ready_target);
+        let mut index = 0;
+        idle.retain(|instance| {
+            index += 1;
+            index > keep_from || instance.idle_since.elapsed() < IDLE_EXPIRY
+        });
     }
 }
 

@@ -8,8 +8,10 @@
 //! - **Escaped**: control characters other than tab (terminal escape
 //!   sequences, carriage returns, C1 controls) are written as `\u{1b}`, so
 //!   a log viewed in a terminal cannot be driven by a guest.
-//! - **Never blocking**: lines go to one writer thread through a queue of
-//!   at most 4 MiB; when the host's stdout or stderr does not keep up,
+//! - **Never blocking**: a line is written at once when nothing is queued
+//!   ahead of it and the host's stream polls writable (so it is in the log
+//!   when its call returns); otherwise it goes to one writer thread through
+//!   a queue of at most 4 MiB; when the host's stdout or stderr does not keep up,
 //!   lines are dropped and counted ([`dropped_lines`]), and the writer says
 //!   how many once it catches up. Guest calls never wait for the host's
 //!   log. [`flush`] lets the last lines out at shutdown.
@@ -299,6 +301,12 @@ fn writer() -> &'static Queue {
 fn queue(target: HostStream, line: String, marker: bool) {
     let queue = writer();
     let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+    // Nothing ahead of it and room in the host's stream: written at once,
+    // so a line is in the log when its call returns (and survives a
+    // worker killed right after), as long as the reader keeps up.
+    if state.lines.is_empty() && !state.writing && write_now(target, &line) {
+        return;
+    }
     if !marker && state.bytes + line.len() > QUEUED_BYTES {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
@@ -306,6 +314,35 @@ fn queue(target: HostStream, line: String, marker: bool) {
     state.bytes += line.len();
     state.lines.push_back((target, line));
     queue.changed.notify_all();
+}
+
+/// Writes `line` (and its newline) if the host's stream can take it
+/// without blocking: at most `PIPE_BUF` bytes, which a pipe that polls
+/// writable takes whole.
+fn write_now(target: HostStream, line: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    if line.len() + 1 > libc::PIPE_BUF {
+        return false;
+    }
+    let fd = match target {
+        HostStream::Stdout => std::io::stdout().as_raw_fd(),
+        HostStream::Stderr => std::io::stderr().as_raw_fd(),
+    };
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready != 1 || poll.revents & libc::POLLOUT == 0 {
+        return false;
+    }
+    let _ = match target {
+        HostStream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+        HostStream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+    };
+    true
 }
 
 /// The writer thread: writes each line, and after a drop says how many
