@@ -274,8 +274,8 @@ def server_kinds(fnhost, native, wasmtime, quick):
         return "/?ms=0" if guest == "hog" else ("/?ms=1" if guest == "sleep" and ready else "/")
 
     def native_path(guest, ready):
-        return {"hello": "/", "cpu": "/cpu", "sleep": "/sleep?ms=1" if ready else "/sleep",
-                "hog": "/hog?ms=0"}[guest]
+        return {"hello": "/", "plain_hello": "/", "cpu": "/cpu",
+                "sleep": "/sleep?ms=1" if ready else "/sleep", "hog": "/hog?ms=0"}[guest]
 
     # fnhost runs each guest in the lane its marker asks for (hello and cpu:
     # sync; sleep and hog: async); "fnhost-async" forces the async lane where
@@ -291,7 +291,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
                    only=set(SCENARIOS)),
         ServerKind("fnhost-in-process", fnhost_in_process_argv, wasm_path,
                    only=worker_scenarios | TOOLCHAIN_SCENARIOS
-                   | {"hello-pinned", "io", "fairness",
+                   | {"hello-pinned", "io", "fairness", "plain-hello",
                       "cold-start-cold-cache", "cold-start-warm-cache"}),
         ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
                    only=worker_scenarios | queue_scenarios),
@@ -606,6 +606,7 @@ SCENARIOS = {
     "python-raw-hello": lambda kind, d: scenario_hello(kind, d, False, "py-raw", PYTHON_CONNECTIONS),
     "python-io": scenario_python_io,
     "js-hello": lambda kind, d: scenario_hello(kind, d, False, "js-hello", PYTHON_CONNECTIONS),
+    "plain-hello": lambda kind, d: scenario_hello(kind, d, False, "plain_hello"),
 }
 
 DESCRIPTIONS = {
@@ -629,6 +630,8 @@ DESCRIPTIONS = {
                         "`wrk -t1 -c8`",
     "python-io": f"Python `async def` awaiting {IO_WAIT_MS} ms (examples/python/fanout, WASIp3), "
                  f"`wrk -t2 -c{IO_CONNECTIONS}`; Little's limit {IO_LIMIT:.0f} req/s",
+    "plain-hello": "hello written against the `wasip2` bindings alone (examples/plain-hello, no "
+                   "lane marker, what a guest for `wasmtime serve` looks like), `wrk -t1 -c64`",
     "js-hello": "JavaScript hello (examples/js/hello, componentize-js fetch handler, no lane "
                 "marker), `wrk -t1 -c8`",
 }

@@ -87,3 +87,22 @@ fn a_trap_answers_500_is_logged_with_its_id_and_the_host_keeps_serving() {
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().unwrap(), "still serving\n");
 }
+
+/// A guest written against the `wasip2` bindings alone, as for `wasmtime
+/// serve`: no marker, so the async lane, with every default.
+#[test]
+fn a_guest_written_without_the_sdk_is_served_with_the_defaults() {
+    let server = Server::start(&example("plain_hello"), &[]);
+    server.wait_for_log(
+        "async lane (no marker: the default)",
+        Duration::from_secs(5),
+    );
+    for _ in 0..3 {
+        let response = client().get(server.url("/")).send().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().unwrap(),
+            "hello from a plain wasi:http guest\n"
+        );
+    }
+}
