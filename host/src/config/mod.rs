@@ -202,7 +202,8 @@ pub struct ExecutionConfig {
     /// invocation timeout.
     pub queue_timeout: Option<Duration>,
     /// Calls one instance may serve before it is replaced
-    /// (`--instance-reuse`), in every lane. Unset: WASIp2 components decide
+    /// (`--instance-reuse`), for HTTP calls in either lane (queue messages
+    /// always get a fresh instance). Unset: WASIp2 components decide
     /// from their initial memory (`exec/reuse.rs`), WASIp3 components get
     /// [`DEFAULT_P3_INSTANCE_REUSE`].
     pub instance_reuse: Option<u32>,

@@ -176,10 +176,13 @@ impl LineForwarder {
     }
 }
 
-/// Appends `text` with every control character but tab escaped.
+/// Appends `text` with every control character but tab escaped, and the
+/// invisible characters that reorder or break what a terminal shows (bidi
+/// embeddings, overrides and isolates, line and paragraph separators).
 fn escape_into(out: &mut String, text: &str) {
+    let reorders = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
     for c in text.chars() {
-        if c.is_control() && c != '\t' {
+        if (c.is_control() && c != '\t') || reorders(c) {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
             out.push(c);
@@ -387,8 +390,14 @@ mod tests {
     #[test]
     fn control_characters_but_tab_are_escaped() {
         let mut out = String::new();
-        escape_into(&mut out, "a\tb\u{1b}[31mred\u{7}\rx\u{9b}y é");
-        assert_eq!(out, "a\tb\\u{1b}[31mred\\u{7}\\u{d}x\\u{9b}y é");
+        escape_into(
+            &mut out,
+            "a\tb\u{1b}[31mred\u{7}\rx\u{9b}y é\u{202e}z\u{2028}",
+        );
+        assert_eq!(
+            out,
+            "a\tb\\u{1b}[31mred\\u{7}\\u{d}x\\u{9b}y é\\u{202e}z\\u{2028}"
+        );
     }
 
     #[test]
