@@ -1,7 +1,7 @@
 //! Outbound HTTP: denied unless the origin is allowed.
 
-use crate::support::{Server, client, example};
-use std::io::{Read, Write};
+use crate::support::{Server, client, example, read_request_head};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,15 +18,8 @@ fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { break };
             counter.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            // It answers even a head cut short, as a careless upstream would.
+            let _ = read_request_head(&mut stream);
             let body = "upstream says hi";
             let _ = write!(
                 stream,

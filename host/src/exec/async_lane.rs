@@ -11,9 +11,11 @@
 //!   ready instantiates on a request's path.
 
 use super::fair::{Fair, FairShare};
-use super::reuse::{Replay, ReusePolicy, may_run_again};
+use super::reuse::{Ended, Replay, ReusePolicy};
 use super::state::StoreState;
-use super::{Answer, ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use super::{
+    Answer, ExecSettings, body_error_to_wasi, call_outcome, classify, host_response, new_state,
+};
 use crate::component::one_line;
 use crate::config::Origin;
 use crate::invocation::{
@@ -63,15 +65,6 @@ struct Warm {
     calls: u32,
     /// When it last went idle.
     idle_since: Instant,
-}
-
-/// How one call on one instance ended.
-struct Ended {
-    result: Result<(), InvocationError>,
-    /// The instance, when it may serve another call.
-    instance: Option<Warm>,
-    /// Outbound requests the guest sent during the call.
-    outbound: u32,
 }
 
 impl AsyncLane {
@@ -161,12 +154,7 @@ impl Inner {
             None => self.instantiate().await?,
         };
         let reused = instance.calls > 0;
-        let (request, replay) = if reused {
-            let (request, replay) = Replay::keep(request);
-            (request, Some(replay))
-        } else {
-            (request, None)
-        };
+        let (request, replay) = Replay::keep_if(reused, request);
         let ended = self.call_on(instance, id, request, answer).await;
         let failure = match ended.result {
             Ok(()) => {
@@ -177,18 +165,13 @@ impl Inner {
             Err(failure) => failure,
         };
         let dirs = !self.settings.grants.dirs.is_empty();
-        let again = replay
-            .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
-            .and_then(Replay::take);
+        let answered = answer.is_answered();
+        let again =
+            self.reuse
+                .run_again(id, reused, replay, &failure, answered, ended.outbound, dirs);
         let Some(request) = again else {
-            self.reuse.record(reused, Some(failure.kind));
             return Err(failure);
         };
-        tracing::info!(
-            "[{id}] failed on a reused instance ({}: {}); running it again on a fresh one",
-            failure.kind,
-            failure.detail
-        );
         let fresh = match self.take_idle(true) {
             Some(fresh) => fresh,
             None => self.instantiate().await?,
@@ -214,17 +197,12 @@ impl Inner {
         id: InvocationId,
         request: http::Request<Body>,
         answer: &Answer,
-    ) -> Ended {
-        let failed = |error: InvocationError| Ended {
-            result: Err(error),
-            instance: None,
-            outbound: 0,
-        };
+    ) -> Ended<Warm> {
         let store = &mut instance.store;
         store.data_mut().begin(id);
         let budget = self.settings.execution.max_fuel.unwrap_or(u64::MAX);
         if let Err(error) = store.set_fuel(budget) {
-            return failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
+            return Ended::failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
         }
         let request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
         let resources = {
@@ -247,7 +225,7 @@ impl Inner {
         let (incoming, outparam) = match resources {
             Ok(resources) => resources,
             Err(error) => {
-                return failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
+                return Ended::failed(InvocationError::new(FailureKind::Trap, one_line(&error)));
             }
         };
         let result = instance
@@ -258,14 +236,7 @@ impl Inner {
         instance.calls += 1;
         let outbound = instance.store.data().outbound_requests();
         let exceeded = instance.store.data().limiter.exceeded();
-        let result = match result {
-            Ok(()) if answer.is_answered() => Ok(()),
-            Ok(()) => Err(InvocationError::new(
-                FailureKind::Trap,
-                "the guest returned without setting a response",
-            )),
-            Err(error) => Err(classify(&error, instance.store.data().limiter.exceeded())),
-        };
+        let result = call_outcome(result, answer.is_answered(), exceeded);
         Ended {
             // An instance refused memory is at its cap: not kept, even if
             // the guest coped and answered.
@@ -290,18 +261,18 @@ impl Inner {
     }
 
     /// An idle instance that may still serve a call (reuse may have
-    /// stopped since it was put back), the fresh ones first when `fresh`.
+    /// stopped since it was put back), the newest first; only a fresh one
+    /// when `fresh`.
     fn take_idle(&self, fresh: bool) -> Option<Warm> {
-        let limit = self.reuse.limit();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|instance| instance.calls < limit);
-        match fresh {
-            true => {
-                let index = idle.iter().rposition(|instance| instance.calls == 0)?;
-                Some(idle.swap_remove(index))
-            }
-            false => idle.pop(),
+        if fresh {
+            // `remove` keeps the rest oldest first, as `release_idle` reads it.
+            let index = idle.iter().rposition(|instance| instance.calls == 0)?;
+            return Some(idle.remove(index));
         }
+        let limit = self.reuse.limit();
+        // Used ones put back before reuse stopped are dropped on the way.
+        std::iter::from_fn(|| idle.pop()).find(|instance| instance.calls < limit)
     }
 
     /// Puts an instance that served a call back, if it may serve another.

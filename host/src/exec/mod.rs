@@ -261,6 +261,24 @@ impl Answer {
     }
 }
 
+/// What a guest's `handle` call amounts to: `returned` is what it returned,
+/// `answered` whether it set a response, `exceeded` whether it was refused
+/// memory on the way.
+fn call_outcome(
+    returned: wasmtime::Result<()>,
+    answered: bool,
+    exceeded: bool,
+) -> Result<(), InvocationError> {
+    match returned {
+        Ok(()) if answered => Ok(()),
+        Ok(()) => Err(InvocationError::new(
+            FailureKind::Trap,
+            "the guest returned without setting a response",
+        )),
+        Err(error) => Err(classify(&error, exceeded)),
+    }
+}
+
 /// Decides which failure a wasmtime error is.
 fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> InvocationError {
     let kind = if memory_exceeded {

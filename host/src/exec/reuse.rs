@@ -14,7 +14,7 @@
 //! An instance that failed a call is never used again, in any lane.
 
 use crate::component::ComponentNeeds;
-use crate::invocation::{Body, BodyError, FailureKind, InvocationError};
+use crate::invocation::{Body, BodyError, FailureKind, InvocationError, InvocationId};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
@@ -129,6 +129,60 @@ impl ReusePolicy {
     }
 }
 
+/// How one call on one instance ended, in either lane (`W` is the lane's
+/// instance).
+pub struct Ended<W> {
+    /// The call's outcome.
+    pub result: Result<(), InvocationError>,
+    /// The instance, when it may serve another call.
+    pub instance: Option<W>,
+    /// Outbound requests the guest sent during the call.
+    pub outbound: u32,
+}
+
+impl<W> Ended<W> {
+    /// A call that failed before the guest ran.
+    pub fn failed(error: InvocationError) -> Self {
+        Self {
+            result: Err(error),
+            instance: None,
+            outbound: 0,
+        }
+    }
+}
+
+impl ReusePolicy {
+    /// After a call failed with `failure`: the request to run again on a
+    /// fresh instance, when its instance had served calls before (`replay`
+    /// is kept only then) and running it again cannot repeat an effect
+    /// ([`may_run_again`], and the guest never read the body). Otherwise
+    /// `None`, and the failure counts toward turning reuse off.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_again(
+        &self,
+        id: InvocationId,
+        reused: bool,
+        replay: Option<Replay>,
+        failure: &InvocationError,
+        answered: bool,
+        outbound: u32,
+        dirs: bool,
+    ) -> Option<http::Request<Body>> {
+        let again = replay
+            .filter(|_| may_run_again(failure, answered, outbound, dirs))
+            .and_then(Replay::take);
+        match &again {
+            Some(_) => tracing::info!(
+                "[{id}] failed on a reused instance ({}: {}); running it again on a fresh one",
+                failure.kind,
+                failure.detail
+            ),
+            None => self.record(reused, Some(failure.kind)),
+        }
+        again
+    }
+}
+
 /// Whether a call that failed with `failure` on a reused instance may run
 /// again on a fresh one: the guest trapped or returned without answering
 /// (not a timeout, a memory or capacity refusal, or an error it chose to
@@ -156,6 +210,20 @@ enum KeptBody {
 }
 
 impl Replay {
+    /// The request to give the guest, and, when its instance is `reused`,
+    /// what is needed to give it again (a fresh instance's call never runs
+    /// again, so it keeps nothing).
+    pub fn keep_if(
+        reused: bool,
+        request: http::Request<Body>,
+    ) -> (http::Request<Body>, Option<Self>) {
+        if !reused {
+            return (request, None);
+        }
+        let (request, replay) = Self::keep(request);
+        (request, Some(replay))
+    }
+
     /// Splits `request` into the request to give the guest and what is
     /// needed to give it again.
     pub fn keep(request: http::Request<Body>) -> (http::Request<Body>, Self) {

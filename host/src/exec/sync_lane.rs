@@ -23,9 +23,11 @@
 //!   instance is always dropped, and a call that failed on a reused
 //!   instance before it could have had effects runs again on a fresh one.
 
-use super::reuse::{Replay, ReusePolicy, may_run_again};
+use super::reuse::{Ended, Replay, ReusePolicy};
 use super::state::StoreState;
-use super::{Answer, ExecSettings, body_error_to_wasi, classify, host_response, new_state};
+use super::{
+    Answer, ExecSettings, body_error_to_wasi, call_outcome, classify, host_response, new_state,
+};
 use crate::component::one_line;
 use crate::config::{Origin, default_queue_timeout};
 use crate::engine::EPOCH_TICK;
@@ -313,12 +315,7 @@ impl Worker {
         // the guest may keep writing the body on this thread afterwards.
         let answer = Answer::from_sender(respond);
         let reused = instance.calls > 0;
-        let (request, replay) = if reused {
-            let (request, replay) = Replay::keep(request);
-            (request, Some(replay))
-        } else {
-            (request, None)
-        };
+        let (request, replay) = Replay::keep_if(reused, request);
         let ended = self.call_on(instance, id, request, deadline, &answer);
         let failure = match ended.result {
             Ok(()) => {
@@ -328,21 +325,16 @@ impl Worker {
             Err(failure) => failure,
         };
         let dirs = !self.settings.grants.dirs.is_empty();
-        let again = replay
-            .filter(|_| may_run_again(&failure, answer.is_answered(), ended.outbound, dirs))
-            .and_then(Replay::take);
-        // Only within the call's deadline, and while its caller waits.
-        let again = again.filter(|_| Instant::now() < deadline && !answer.is_answered());
+        // Only within the call's deadline.
+        let replay = replay.filter(|_| Instant::now() < deadline);
+        let answered = answer.is_answered();
+        let again =
+            self.reuse
+                .run_again(id, reused, replay, &failure, answered, ended.outbound, dirs);
         let Some(request) = again else {
-            self.reuse.record(reused, Some(failure.kind));
             report(id, &answer, failure);
             return None;
         };
-        tracing::info!(
-            "[{id}] failed on a reused instance ({}: {}); running it again on a fresh one",
-            failure.kind,
-            failure.detail
-        );
         let ended = match self.prepare() {
             Ok(fresh) => self.call_on(fresh, id, request, deadline, &answer),
             Err(error) => {
@@ -374,7 +366,7 @@ impl Worker {
         request: http::Request<Body>,
         deadline: Instant,
         answer: &Answer,
-    ) -> Ended {
+    ) -> Ended<Warm> {
         let store = &mut instance.store;
         store.data_mut().begin(id);
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -430,41 +422,14 @@ impl Worker {
         instance.calls += 1;
         let outbound = instance.store.data().outbound_requests();
         let exceeded = instance.store.data().limiter.exceeded();
-        let result = match result {
-            Ok(()) if answer.is_answered() => Ok(()),
-            Ok(()) => Err(InvocationError::new(
-                FailureKind::Trap,
-                "the guest returned without setting a response",
-            )),
-            // A failed instance is never used again.
-            Err(error) => Err(classify(&error, exceeded)),
-        };
-        // An instance refused memory is at its cap: not kept, even if the
-        // guest coped and answered.
+        let result = call_outcome(result, answer.is_answered(), exceeded);
+        // A failed instance is never used again, nor one refused memory:
+        // it is at its cap, even if the guest coped and answered.
         let keep = result.is_ok() && !exceeded && instance.calls < self.reuse.limit();
         Ended {
             instance: keep.then_some(instance),
             result,
             outbound,
-        }
-    }
-}
-
-/// How one call on one instance ended.
-struct Ended {
-    result: Result<(), InvocationError>,
-    /// The instance, when it may serve another call.
-    instance: Option<Warm>,
-    /// Outbound requests the guest sent during the call.
-    outbound: u32,
-}
-
-impl Ended {
-    fn failed(error: InvocationError) -> Self {
-        Self {
-            result: Err(error),
-            instance: None,
-            outbound: 0,
         }
     }
 }
