@@ -96,6 +96,8 @@ pub enum FailureKind {
     WorkerLost,
     /// A queue handler returned an error (queue invocations only).
     Rejected,
+    /// No function of the app has a route for the request's path. 404.
+    NoRoute,
 }
 
 impl FailureKind {
@@ -108,6 +110,7 @@ impl FailureKind {
             Self::Capacity => "capacity",
             Self::WorkerLost => "worker-lost",
             Self::Rejected => "rejected",
+            Self::NoRoute => "no-route",
         }
     }
 
@@ -119,6 +122,7 @@ impl FailureKind {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Capacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::WorkerLost => StatusCode::BAD_GATEWAY,
+            Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 }

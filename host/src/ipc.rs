@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -84,6 +84,8 @@ pub enum ToWorker {
     InvokeQueue {
         /// The invocation.
         id: u64,
+        /// The function's index in the app.
+        function: u32,
         /// The delivery.
         message: QueueMessage,
     },
@@ -105,16 +107,28 @@ pub struct WorkerInit {
     pub protocol: u32,
     /// The worker's slot number, for its log lines.
     pub slot: usize,
-    /// The component to load.
-    pub component: PathBuf,
-    /// The host settings (the worker uses the execution, limits and grants).
-    pub config: HostConfig,
+    /// The app's functions, in the order invocations index them.
+    pub functions: Vec<FunctionInit>,
     /// Threads of the worker's async runtime.
     pub runtime_threads: usize,
     /// The log filter (the worker's environment is cleared).
     pub log_filter: String,
-    /// Whether a queue trigger is bound (the component must export the
-    /// queue handler; without one, the HTTP handler).
+}
+
+/// One function a worker loads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FunctionInit {
+    /// Its name, for log lines.
+    pub name: String,
+    /// The component to load.
+    pub component: PathBuf,
+    /// Its settings (the worker uses the execution, limits and grants).
+    pub config: HostConfig,
+    /// Whether it has an HTTP route (the component must export the HTTP
+    /// handler).
+    pub http_bound: bool,
+    /// Whether a queue trigger feeds it (the component must export the
+    /// queue handler).
     pub queue_bound: bool,
 }
 
@@ -124,6 +138,8 @@ pub struct InvokeHead {
     /// The invocation id (the supervisor allocates it; logs and the
     /// `fnhost-invocation-id` header agree).
     pub id: u64,
+    /// The function's index in the app ([`WorkerInit::functions`]).
+    pub function: u32,
     /// Request method.
     pub method: String,
     /// Request target as received.
@@ -213,8 +229,9 @@ pub enum ToSupervisor {
 pub struct WorkerReady {
     /// Must equal the supervisor's [`PROTOCOL_VERSION`].
     pub protocol: u32,
-    /// The lane the component runs in.
-    pub lane: Lane,
+    /// The lane each function runs in, in the order of
+    /// [`WorkerInit::functions`].
+    pub lanes: Vec<Lane>,
 }
 
 /// A tokio-util codec: length-delimited frames of postcard-encoded `In`

@@ -30,6 +30,7 @@
 //! To run invocations without the HTTP server (say, from your own trigger),
 //! take [`Host::dispatch`] and call [`Dispatch::dispatch_http`].
 
+pub mod app;
 pub mod cache;
 pub mod component;
 pub mod config;
@@ -256,14 +257,19 @@ impl Host {
         &self.summary
     }
 
-    /// Checks that the component exports what the configured triggers need:
-    /// a queue handler when a queue is bound, an HTTP handler otherwise.
-    pub fn check_triggers(&self, queue_bound: bool) -> Result<(), HostError> {
+    /// Checks that the component exports what its triggers need: the HTTP
+    /// handler when it has a route (`needs_http`), the queue handler when a
+    /// queue feeds it (`needs_queue`).
+    pub fn check_triggers(&self, needs_http: bool, needs_queue: bool) -> Result<(), HostError> {
         let summary = &self.summary;
-        let reason = if queue_bound && summary.queue_handler.is_none() {
-            "has no queue handler (`fnhost:function/queue-handler@0.2.x`), which --queue needs"
-        } else if !queue_bound && summary.handler.is_none() {
-            "exports only a queue handler; give it a queue with --queue NAME"
+        let reason = if needs_queue && summary.queue_handler.is_none() {
+            "has no queue handler (`fnhost:function/queue-handler@0.2.x`), which its queue trigger needs"
+        } else if needs_http && summary.handler.is_none() {
+            if needs_queue {
+                "exports no HTTP handler, which its route needs"
+            } else {
+                "exports only a queue handler; give it a queue (--queue NAME, or `queue` in the manifest)"
+            }
         } else {
             return Ok(());
         };

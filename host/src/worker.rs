@@ -187,26 +187,34 @@ async fn serve(
         );
         return Ok(start_failed(to_supervisor, writer, message).await);
     }
-    let timeout = init.config.invocation.timeout;
-    let host = match Host::builder(init.config)
-        .component(&init.component)
-        .build()
-        .and_then(|host| host.check_triggers(init.queue_bound).map(|()| host))
-    {
-        Ok(host) => host,
-        Err(error) => {
-            return Ok(start_failed(to_supervisor, writer, one_line(&error)).await);
+    let mut functions = Vec::with_capacity(init.functions.len());
+    for function in init.functions {
+        let built = Host::builder(function.config)
+            .component(&function.component)
+            .build()
+            .and_then(|host| {
+                host.check_triggers(function.http_bound, function.queue_bound)
+                    .map(|()| host)
+            });
+        match built {
+            Ok(host) => {
+                tracing::info!(
+                    "worker {} (pid {}): function {}: {}",
+                    init.slot,
+                    std::process::id(),
+                    function.name,
+                    host.describe_load()
+                );
+                functions.push(host);
+            }
+            Err(error) => {
+                return Ok(start_failed(to_supervisor, writer, one_line(&error)).await);
+            }
         }
-    };
-    tracing::info!(
-        "worker {} (pid {}): {}",
-        init.slot,
-        std::process::id(),
-        host.describe_load()
-    );
+    }
     let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
         protocol: ipc::PROTOCOL_VERSION,
-        lane: host.summary().lane,
+        lanes: functions.iter().map(|host| host.summary().lane).collect(),
     })));
     let stats = to_supervisor.clone();
     let stats_task = tokio::spawn(async move {
@@ -225,7 +233,11 @@ async fn serve(
         }
     });
 
-    let dispatch = host.dispatch();
+    // By function index, as invocations name them.
+    let dispatches: Vec<(Arc<dyn crate::Dispatch>, Duration)> = functions
+        .iter()
+        .map(|host| (host.dispatch(), host.config().invocation.timeout))
+        .collect();
     let running = Arc::new(Running::default());
     let queue_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writer = writer;
@@ -254,6 +266,14 @@ async fn serve(
         match message {
             ToWorker::Invoke(head) => {
                 let id = head.id;
+                let Some((dispatch, timeout)) = dispatches.get(head.function as usize) else {
+                    tracing::error!(
+                        "worker {}: an invocation of function {}, which does not exist",
+                        init.slot,
+                        head.function
+                    );
+                    return Ok(ExitCode::from(EXIT_PROTOCOL));
+                };
                 let (body_sender, body) = if head.body_empty {
                     (
                         None,
@@ -275,7 +295,7 @@ async fn serve(
                     Response {
                         to_supervisor: to_supervisor.clone(),
                         window: window.clone(),
-                        deadline: tokio::time::Instant::now() + timeout,
+                        deadline: tokio::time::Instant::now() + *timeout,
                     },
                     running.clone(),
                 ));
@@ -304,7 +324,18 @@ async fn serve(
             }
             ToWorker::Cancel { id } => running.cancel(id),
             ToWorker::ResponseCredit { id, bytes } => running.credit(id, bytes),
-            ToWorker::InvokeQueue { id, message } => {
+            ToWorker::InvokeQueue {
+                id,
+                function,
+                message,
+            } => {
+                let Some((dispatch, _)) = dispatches.get(function as usize) else {
+                    tracing::error!(
+                        "worker {}: a queue message for function {function}, which does not exist",
+                        init.slot
+                    );
+                    return Ok(ExitCode::from(EXIT_PROTOCOL));
+                };
                 let call = dispatch.dispatch_queue(crate::invocation::QueueInvocation {
                     id: InvocationId::from_u64(id),
                     message,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod app;
 mod cache;
 mod check;
 mod fuzz;

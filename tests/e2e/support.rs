@@ -228,6 +228,22 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Runs `fnhost serve` with `args` (and the shared compile cache) and no
+    /// path, in folder `dir`: it reads `dir/fnhost.toml`.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let mut full: Vec<String> = vec![
+            "--cache-dir".into(),
+            shared_cache_dir().display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let (mut child, log, addr_rx) = spawn_serve_in(dir, &full);
+        let addr = addr_rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("fnhost did not start: {:?}", log.lock().unwrap());
+        });
+        Server { child, addr, log }
+    }
+
     /// Serves `wasm` with `args` (and the shared compile cache) while
     /// nobody reads the host's stdout: a log reader that has stalled.
     pub fn start_with_stdout_unread(wasm: &Path, args: &[&str]) -> Server {
@@ -365,6 +381,28 @@ fn spawn_serve(wasm: &Path, args: &[String]) -> (Child, Log, mpsc::Receiver<Sock
     spawn_serve_reading(wasm, args, true)
 }
 
+/// Starts `fnhost serve` with `args` and no path, in folder `dir`.
+fn spawn_serve_in(dir: &Path, args: &[String]) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
+    let mut command = serve_command(args);
+    command.current_dir(dir);
+    spawn_collecting(command, true)
+}
+
+/// `fnhost serve` on an ephemeral port with `args`, its output piped.
+fn serve_command(args: &[String]) -> Command {
+    let mut command = Command::new(fnhost_bin());
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "fnhost=info")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Starts `fnhost serve`; its stdout is collected into the log only when
 /// `read_stdout` (unread, it stays a pipe that nobody drains).
 fn spawn_serve_reading(
@@ -372,18 +410,18 @@ fn spawn_serve_reading(
     args: &[String],
     read_stdout: bool,
 ) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
-    let mut child = Command::new(fnhost_bin())
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .arg(wasm)
-        .env("RUST_LOG", "fnhost=info")
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning fnhost");
+    let mut command = serve_command(args);
+    command.arg(wasm);
+    spawn_collecting(command, read_stdout)
+}
+
+/// Spawns `command`, collecting its stderr (and stdout when `read_stdout`)
+/// into the log and reporting the address it serves on.
+fn spawn_collecting(
+    mut command: Command,
+    read_stdout: bool,
+) -> (Child, Log, mpsc::Receiver<SocketAddr>) {
+    let mut child = command.spawn().expect("spawning fnhost");
     let log = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = mpsc::channel();
     collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx));

@@ -1,18 +1,19 @@
 //! `fnhost check`: load and link a component the way `serve` would, and say
-//! what it imports and exports, which trigger it serves and in which lane.
+//! what it imports and exports, which trigger it serves and in which lane;
+//! or do that for every function of an app manifest.
 
 use clap::Args;
 use fnhost::cache::CompileCache;
 use fnhost::config::parse::parse_size;
 use fnhost::config::{Mode, default_cache_dir};
 use fnhost::engine::{EngineSettings, build_engine};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Settings of `fnhost check`.
 #[derive(Args)]
 pub struct CheckCommand {
-    /// The component to check.
+    /// The component to check, or an app manifest (a .toml file).
     component: PathBuf,
 
     /// Linear memory per instance, as `fnhost serve --max-memory`: a
@@ -26,65 +27,134 @@ pub struct CheckCommand {
 }
 
 impl CheckCommand {
-    /// Prints the component's inventory; exit 0 if `serve` would accept it.
+    /// Prints the component's inventory, or each function's; exit 0 if
+    /// `serve` would accept it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let max_memory = self.max_memory;
-        let file =
-            fnhost::component::read_checked(&self.component, self.max_component_size, max_memory)?;
-        let marker = file.lane_marker;
-        let wasip3 = file.wasip3;
-        let needs = file.needs;
-        let lane = if wasip3 {
-            fnhost::config::Lane::Async
-        } else {
-            Mode::Auto.resolve(marker)
-        };
-        let (engine, _) = build_engine(&EngineSettings {
-            max_memory,
-            // The pool `serve` sizes for this component, with one slot:
-            // wasmtime checks the component against it as it compiles, so
-            // `check` refuses what `serve` would.
-            pool_slots: Some(1),
-            needs: file.needs,
-            lane,
-            sync_fuel: false,
-            concurrency: wasip3,
-        })?;
-        let cache = default_cache_dir().and_then(|dir| CompileCache::open(&dir).ok());
-        let loaded = fnhost::component::compile(&engine, file, cache.as_ref())?;
-        fnhost::exec::link(&engine, &loaded, lane)?;
-        println!("component: {}", self.component.display());
-        println!(
-            "trigger:   {}",
-            fnhost::component::describe_triggers(
-                loaded.handler.as_ref(),
-                loaded.queue_handler.as_deref()
-            )
-        );
-        println!(
-            "lane:      {lane} ({})",
-            match (wasip3, marker) {
-                (true, _) => "WASIp3 components always run in the async lane",
-                (false, Some(_)) => "from the component's fnhost:lane marker",
-                (false, None) => "no marker: the default; --mode overrides",
-            }
-        );
-        println!(
-            "instance:  {} core instances, {} memories ({} KiB at start, the largest), {} tables ({} elements, the largest)",
-            needs.core_instances,
-            needs.memories,
-            needs.largest_initial_memory >> 10,
-            needs.tables,
-            needs.largest_initial_table
-        );
-        println!("imports:");
-        for name in &loaded.imports {
-            println!("  {name}");
+        if !fnhost::app::manifest::is_manifest(&self.component) {
+            check_component(
+                &self.component,
+                self.max_memory,
+                self.max_component_size,
+                Mode::Auto,
+                None,
+            )?;
+            return Ok(ExitCode::SUCCESS);
         }
-        println!("exports:");
-        for name in &loaded.exports {
-            println!("  {name}");
+        let manifest = fnhost::app::manifest::load(&self.component)?;
+        println!(
+            "app:       {} ({} functions)",
+            self.component.display(),
+            manifest.functions.len()
+        );
+        let defaults = &manifest.host.functions;
+        for function in &manifest.functions {
+            let settings = &function.settings;
+            println!();
+            println!("function:  {}", function.name);
+            if let Some(route) = &function.route {
+                println!("route:     {route}");
+            }
+            if let Some(queue) = &function.queue {
+                println!("queue:     {}", queue.name());
+            }
+            check_component(
+                &function.component,
+                settings
+                    .max_memory
+                    .or(defaults.max_memory)
+                    .unwrap_or(self.max_memory),
+                manifest
+                    .host
+                    .max_component_size
+                    .unwrap_or(self.max_component_size),
+                settings.mode.or(defaults.mode).unwrap_or(Mode::Auto),
+                Some((function.route.is_some(), function.queue.is_some())),
+            )
+            .map_err(|e| anyhow::anyhow!("function {}: {e:#}", function.name))?;
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Checks one component as `serve` would load it with `mode`, and prints
+/// its inventory. `triggers` (route, queue) says what an app's function
+/// needs it to export.
+fn check_component(
+    component: &Path,
+    max_memory: u64,
+    max_component_size: u64,
+    mode: Mode,
+    triggers: Option<(bool, bool)>,
+) -> anyhow::Result<()> {
+    let file = fnhost::component::read_checked(component, max_component_size, max_memory)?;
+    let marker = file.lane_marker;
+    let wasip3 = file.wasip3;
+    let needs = file.needs;
+    let lane = if wasip3 {
+        fnhost::config::Lane::Async
+    } else {
+        mode.resolve(marker)
+    };
+    let (engine, _) = build_engine(&EngineSettings {
+        max_memory,
+        // The pool `serve` sizes for this component, with one slot:
+        // wasmtime checks the component against it as it compiles, so
+        // `check` refuses what `serve` would.
+        pool_slots: Some(1),
+        needs: file.needs,
+        lane,
+        sync_fuel: false,
+        concurrency: wasip3,
+    })?;
+    let cache = default_cache_dir().and_then(|dir| CompileCache::open(&dir).ok());
+    let loaded = fnhost::component::compile(&engine, file, cache.as_ref())?;
+    fnhost::exec::link(&engine, &loaded, lane)?;
+    if let Some((route, queue)) = triggers {
+        if route && loaded.handler.is_none() {
+            anyhow::bail!(
+                "{}: exports no HTTP handler, which its route needs",
+                component.display()
+            );
+        }
+        if queue && loaded.queue_handler.is_none() {
+            anyhow::bail!(
+                "{}: has no queue handler, which its queue trigger needs",
+                component.display()
+            );
+        }
+    }
+    println!("component: {}", component.display());
+    println!(
+        "trigger:   {}",
+        fnhost::component::describe_triggers(
+            loaded.handler.as_ref(),
+            loaded.queue_handler.as_deref()
+        )
+    );
+    println!(
+        "lane:      {lane} ({})",
+        match (wasip3, marker, mode) {
+            (true, _, _) => "WASIp3 components always run in the async lane",
+            (false, _, Mode::Async | Mode::Sync) => "from the manifest's `mode`",
+            (false, Some(_), Mode::Auto) => "from the component's fnhost:lane marker",
+            (false, None, Mode::Auto) => "no marker: the default; --mode overrides",
+        }
+    );
+    println!(
+        "instance:  {} core instances, {} memories ({} KiB at start, the largest), {} tables ({} elements, the largest)",
+        needs.core_instances,
+        needs.memories,
+        needs.largest_initial_memory >> 10,
+        needs.tables,
+        needs.largest_initial_table
+    );
+    println!("imports:");
+    for name in &loaded.imports {
+        println!("  {name}");
+    }
+    println!("exports:");
+    for name in &loaded.exports {
+        println!("  {name}");
+    }
+    Ok(())
 }

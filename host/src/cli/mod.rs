@@ -1,10 +1,11 @@
 //! Command-line definitions, one file per subcommand.
 
+mod app;
 mod check;
 mod queue;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a component: its HTTP handler, and its queue handler with --queue.
+    /// Serve a component (its HTTP handler, and its queue handler with --queue), or an app of functions from a manifest.
     Serve(Box<serve::ServeCommand>),
     /// Check a component: what it imports and exports, which trigger it serves.
     Check(check::CheckCommand),
@@ -33,7 +34,8 @@ use fnhost::worker::DEFAULT_LOG_FILTER;
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if let Command::Worker = cli.command {
         // Workers set up logging from what the supervisor sends them.
         return fnhost::worker::run();
@@ -41,7 +43,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
     init_logging();
     match cli.command {
         Command::Worker => unreachable!("handled above"),
-        Command::Serve(command) => command.execute(),
+        Command::Serve(command) => {
+            let serve = matches
+                .subcommand_matches("serve")
+                .expect("the serve subcommand was parsed");
+            command.execute(serve)
+        }
         Command::Check(command) => command.execute(),
         Command::Queue(command) => command.execute(),
     }

@@ -1,8 +1,10 @@
-//! `fnhost serve`: load a component and serve it over HTTP until a signal.
+//! `fnhost serve`: load a component, or an app of functions from a
+//! manifest, and serve it until a signal.
 
 use anyhow::Context;
-use clap::Args;
-use fnhost::Host;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use fnhost::app::{AppHost, FunctionSpec, Route, manifest};
 use fnhost::config::parse::{
     parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
 };
@@ -26,31 +28,32 @@ use std::time::Duration;
 use super::DEFAULT_LOG_FILTER;
 
 /// Settings of `fnhost serve`. Each flag also reads the environment variable
-/// named in its help; a flag wins over the variable.
-#[derive(Args)]
+/// named in its help; a flag wins over the variable, and both win over the
+/// manifest.
+#[derive(Args, Clone)]
 pub struct ServeCommand {
-    /// The component to serve (a .wasm file exporting wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x or fnhost:function/queue-handler@0.2.x).
-    component: PathBuf,
+    /// The component to serve (a .wasm file exporting wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x or fnhost:function/queue-handler@0.2.x), or an app manifest (a .toml file) [default: ./fnhost.toml].
+    pub(super) path: Option<PathBuf>,
 
     /// Address of the HTTP trigger; port 0 picks a free port.
     #[arg(long, env = "FNHOST_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    listen: SocketAddr,
+    pub(super) listen: SocketAddr,
 
     /// Largest request body (413 beyond).
     #[arg(long, env = "FNHOST_MAX_BODY", default_value = "100MiB", value_parser = parse_size, value_name = "SIZE")]
-    max_body: u64,
+    pub(super) max_body: u64,
 
     /// Time a client has to send a complete request head before the connection is closed.
     #[arg(long, env = "FNHOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
-    header_timeout: Duration,
+    pub(super) header_timeout: Duration,
 
     /// Longest a write to a client may wait; a client that stops reading its response is disconnected after it.
     #[arg(long, env = "FNHOST_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
-    write_timeout: Duration,
+    pub(super) write_timeout: Duration,
 
     /// Wall clock per invocation, response body included (504 beyond).
     #[arg(long, env = "FNHOST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
-    timeout: Duration,
+    pub(super) timeout: Duration,
 
     /// Execution lane: auto reads the component's marker (async without one).
     #[arg(
@@ -59,116 +62,116 @@ pub struct ServeCommand {
         default_value = "auto",
         value_name = "auto|async|sync"
     )]
-    mode: Mode,
+    pub(super) mode: Mode,
 
     /// Fuel units between yield points in the async lane (about 1 unit per wasm instruction).
     #[arg(long, env = "FNHOST_YIELD_FUEL", default_value_t = DEFAULT_YIELD_FUEL, value_parser = clap::value_parser!(u64).range(1_000..), value_name = "N")]
-    yield_fuel: u64,
+    pub(super) yield_fuel: u64,
 
     /// CPU budget per invocation in fuel units (504 beyond); none by default.
     #[arg(long, env = "FNHOST_MAX_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
-    max_fuel: Option<u64>,
+    pub(super) max_fuel: Option<u64>,
 
     /// Threads of the sync lane, or auto [default: min(32, cores + 4)].
     #[arg(long, env = "FNHOST_THREADPOOL_THREAD_COUNT", value_parser = parse_threads, value_name = "N|auto")]
-    threads: Option<usize>,
+    pub(super) threads: Option<usize>,
 
     /// Calls that may wait for a sync-lane thread; beyond, 503 with Retry-After [default: 64 × threads].
     #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
-    queue_depth: Option<u64>,
+    pub(super) queue_depth: Option<u64>,
 
     /// Longest a call waits for a sync-lane thread before 503 with Retry-After [default: 5s, or half of --timeout if shorter].
     #[arg(long, env = "FNHOST_QUEUE_TIMEOUT", value_parser = parse_nonzero_duration, value_name = "DURATION")]
-    queue_timeout: Option<Duration>,
+    pub(super) queue_timeout: Option<Duration>,
 
     /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for WASIp3 components].
     #[arg(long, env = "FNHOST_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
-    instance_reuse: Option<u32>,
+    pub(super) instance_reuse: Option<u32>,
 
     /// Calls one WASIp3 instance may run at once.
     #[arg(long, env = "FNHOST_MAX_CONCURRENT_REUSE", default_value_t = DEFAULT_MAX_CONCURRENT_REUSE, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
-    max_concurrent_reuse: u32,
+    pub(super) max_concurrent_reuse: u32,
 
     /// Linear memory per instance (500 with fnhost-error: memory beyond).
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
-    max_memory: u64,
+    pub(super) max_memory: u64,
 
     /// Largest component file fnhost reads (checked before reading or compiling).
     #[arg(long, env = "FNHOST_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
-    max_component_size: u64,
+    pub(super) max_component_size: u64,
 
     /// What one invocation may write to stdout and stderr together; the rest is cut after a marker line.
     #[arg(long, env = "FNHOST_MAX_GUEST_OUTPUT", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
-    max_guest_output: u64,
+    pub(super) max_guest_output: u64,
 
     /// Origin the guest may send HTTP requests to, e.g. https://api.example.com (repeatable; none by default).
     #[arg(long = "allow-outbound", env = "FNHOST_ALLOW_OUTBOUND", value_delimiter = ',', value_parser = parse_origin, value_name = "URL")]
-    allow_outbound: Vec<Origin>,
+    pub(super) allow_outbound: Vec<Origin>,
 
     /// Environment variable the guest sees (repeatable; none by default).
     #[arg(long = "env", value_parser = parse_env_pair, value_name = "K=V")]
-    env: Vec<(String, String)>,
+    pub(super) env: Vec<(String, String)>,
 
     /// Host directory the guest may use, at GUEST path (repeatable; none by default).
     #[arg(long = "dir", value_parser = parse_dir_grant, value_name = "HOST::GUEST")]
-    dir: Vec<DirGrant>,
+    pub(super) dir: Vec<DirGrant>,
 
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "FNHOST_GRACE", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
-    grace: Duration,
+    pub(super) grace: Duration,
 
     /// Folder of the compile cache [default: $XDG_CACHE_HOME/fnhost or ~/.cache/fnhost].
     #[arg(long, env = "FNHOST_CACHE_DIR", value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    pub(super) cache_dir: Option<PathBuf>,
 
     /// Compile the component on every start; neither read nor write the cache.
     #[arg(long)]
-    no_cache: bool,
+    pub(super) no_cache: bool,
 
     /// Worker processes that run the guests, N or MIN..MAX (scaled on queue length, message age and HTTP concurrency), each from 1 to 64.
     #[arg(long, env = "FNHOST_WORKER_PROCESS_COUNT", default_value = "1", value_parser = WorkerCount::parse, value_name = "N|MIN..MAX")]
-    workers: WorkerCount,
+    pub(super) workers: WorkerCount,
 
     /// With --workers MIN..MAX: how long fewer workers must suffice before some are stopped.
     #[arg(long, env = "FNHOST_SCALE_COOLDOWN", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
-    scale_cooldown: Duration,
+    pub(super) scale_cooldown: Duration,
 
     /// Feed the component's queue handler from this queue: a NAME in the embedded store, or redis://HOST:PORT/STREAM.
     #[arg(long, env = "FNHOST_QUEUE", value_parser = parse_queue, value_name = "NAME|URL")]
-    queue: Option<QueueSpec>,
+    pub(super) queue: Option<QueueSpec>,
 
     /// Folder of the embedded queue store.
     #[arg(long, env = "FNHOST_DATA_DIR", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
-    data_dir: PathBuf,
+    pub(super) data_dir: PathBuf,
 
     /// Queue messages fetched at once per worker.
     #[arg(long, env = "FNHOST_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH_SIZE as u64), value_name = "N")]
-    batch_size: u64,
+    pub(super) batch_size: u64,
 
     /// Messages in flight per worker at which the next batch is fetched [default: batch size / 2].
     #[arg(long, env = "FNHOST_NEW_BATCH_THRESHOLD", value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_SIZE as u64), value_name = "N")]
-    new_batch_threshold: Option<u64>,
+    pub(super) new_batch_threshold: Option<u64>,
 
     /// How long a fetched message stays invisible to other consumers (renewed while its handler runs); at least 1s.
     #[arg(long, env = "FNHOST_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = parse_visibility, value_name = "DUR")]
-    visibility_timeout: Duration,
+    pub(super) visibility_timeout: Duration,
 
     /// Failed deliveries after which a message moves to <queue>-poison.
     #[arg(long, env = "FNHOST_MAX_DEQUEUE_COUNT", default_value_t = DEFAULT_MAX_DEQUEUE_COUNT, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
-    max_dequeue_count: u32,
+    pub(super) max_dequeue_count: u32,
 
     /// Address of the admin endpoint (/health, /ready, /workers, /metrics, POST /drain); off unless set.
     #[arg(long, env = "FNHOST_ADMIN", value_name = "ADDR")]
-    admin: Option<SocketAddr>,
+    pub(super) admin: Option<SocketAddr>,
 
     /// Writable memory per worker process (RLIMIT_DATA); none by default.
     #[arg(long, env = "FNHOST_WORKER_MEMORY", value_parser = parse_size, value_name = "SIZE")]
-    worker_memory: Option<u64>,
+    pub(super) worker_memory: Option<u64>,
 
     /// Run guests inside this process instead of worker processes: no crash
     /// isolation, no admin endpoint, no queue trigger. For embedding-like setups and benchmarks.
     #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
-    in_process: bool,
+    pub(super) in_process: bool,
 }
 
 impl ServeCommand {
@@ -221,12 +224,113 @@ impl ServeCommand {
     }
 
     /// Serves until a signal, then drains: through worker processes, or in
-    /// this process with `--in-process`.
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
+    /// this process with `--in-process`. `matches` says which settings the
+    /// user gave as flags or environment variables (they win over the
+    /// manifest).
+    pub fn execute(mut self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+        let explicit = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let functions = self.functions(&explicit)?;
         let config = self.config();
-        // The data folder holds the embedded queue store, when there is a queue.
-        let mut protected = vec![(self.component.as_path(), "component file")];
+        for function in &functions {
+            self.refuse_unsafe_dirs(function, &functions)?;
+        }
+        crate::cli::app::refuse_overlaps(&functions)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(fnhost::config::cores())
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        if self.in_process {
+            self.serve_in_process(runtime, config, functions)
+        } else {
+            self.supervise(runtime, config, functions)
+        }
+    }
+
+    /// The app to serve: the manifest's functions (its `[host]` settings
+    /// applied to `self` where no flag or variable set them), or the one
+    /// component, which takes every path.
+    fn functions(&mut self, explicit: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<FunctionSpec>> {
+        let path = match self.path.clone() {
+            Some(path) => path,
+            None => {
+                let default = PathBuf::from(manifest::MANIFEST_FILE);
+                if !default.exists() {
+                    anyhow::bail!(
+                        "no component or manifest given, and there is no {} here (try `fnhost serve app.wasm`)",
+                        manifest::MANIFEST_FILE
+                    );
+                }
+                default
+            }
+        };
+        if !manifest::is_manifest(&path) {
+            return Ok(vec![FunctionSpec {
+                name: fnhost::app::name_from_path(&path),
+                component: path,
+                route: Some(Route::everything()),
+                queue: self.queue.clone(),
+                config: self.config(),
+                max_concurrent: None,
+                implicit_route: self.queue.is_some(),
+            }]);
+        }
+        let manifest = manifest::load(&path)?;
         if self.queue.is_some() {
+            anyhow::bail!(
+                "--queue: {} is a manifest; give the function its queue there (`queue = \"NAME\"`)",
+                path.display()
+            );
+        }
+        crate::cli::app::apply_host(self, &manifest.host, explicit);
+        if self.in_process && (manifest.host.workers.is_some() || manifest.host.admin.is_some()) {
+            anyhow::bail!(
+                "{}: --in-process runs no worker processes and no admin endpoint; drop `workers` and `admin` from [host]",
+                path.display()
+            );
+        }
+        Ok(manifest
+            .functions
+            .iter()
+            .map(|entry| {
+                let mut settings = self.clone();
+                crate::cli::app::apply_function(&mut settings, &manifest.host.functions, explicit);
+                crate::cli::app::apply_function(&mut settings, &entry.settings, explicit);
+                FunctionSpec {
+                    name: entry.name.clone(),
+                    component: entry.component.clone(),
+                    route: entry.route.clone(),
+                    queue: entry.queue.clone(),
+                    config: settings.config(),
+                    max_concurrent: entry
+                        .settings
+                        .max_concurrent
+                        .or(manifest.host.functions.max_concurrent),
+                    implicit_route: false,
+                }
+            })
+            .collect())
+    }
+
+    /// Refuses `function`'s `--dir` grants that would hand its guests the
+    /// host: fnhost's own folders or any function's component file.
+    fn refuse_unsafe_dirs(
+        &self,
+        function: &FunctionSpec,
+        functions: &[FunctionSpec],
+    ) -> anyhow::Result<()> {
+        let config = &function.config;
+        let mut protected: Vec<(&std::path::Path, &str)> = functions
+            .iter()
+            .map(|f| (f.component.as_path(), "component file"))
+            .collect();
+        // The data folder holds the embedded queue store, when there is a queue.
+        if functions.iter().any(|f| f.queue.is_some()) {
             protected.push((self.data_dir.as_path(), "data folder"));
         }
         if let Some(cache) = &config.cache_dir {
@@ -235,51 +339,65 @@ impl ServeCommand {
         if let Err((path, reason)) =
             fnhost::config::refuse_unsafe_dirs(&config.grants.dirs, &protected)
         {
+            if functions.len() > 1 {
+                anyhow::bail!(
+                    "function {}: --dir {}: {reason}",
+                    function.name,
+                    path.display()
+                );
+            }
             anyhow::bail!("--dir {}: {reason}", path.display());
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(fnhost::config::cores())
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        if self.in_process {
-            self.serve_in_process(runtime)
-        } else {
-            self.supervise(runtime)
-        }
+        Ok(())
     }
 
-    /// Checks the component, binds, and runs the supervisor.
-    fn supervise(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    /// Checks the components, binds, and runs the supervisor.
+    fn supervise(
+        self,
+        runtime: tokio::runtime::Runtime,
+        host: HostConfig,
+        functions: Vec<FunctionSpec>,
+    ) -> anyhow::Result<ExitCode> {
         // The checks that need no compiling (the file exists, is a
         // component, fits the caps) here, so the common mistakes fail before
         // any process starts; the first worker reports the rest (no handler,
         // link errors) before any port opens, and the supervisor exits 2.
-        fnhost::component::read_checked(&self.component, self.max_component_size, self.max_memory)?;
+        for function in &functions {
+            fnhost::component::read_checked(
+                &function.component,
+                function.config.max_component_size,
+                function.config.invocation.max_memory,
+            )?;
+        }
+        let queue = fnhost::app::queue_function(&functions).map(|index| QueueBinding {
+            spec: functions[index]
+                .queue
+                .clone()
+                .expect("the queue function has a queue"),
+            data_dir: self.data_dir.clone(),
+            settings: QueueSettings {
+                batch_size: self.batch_size as usize,
+                new_batch_threshold: self
+                    .new_batch_threshold
+                    .map_or(self.batch_size as usize / 2, |n| n as usize),
+                visibility_timeout: self.visibility_timeout,
+                max_dequeue_count: self.max_dequeue_count,
+            },
+            function: index,
+        });
+        let listen = host.listen;
         let config = SupervisorConfig {
-            component: self.component.clone(),
-            host: self.config(),
+            functions,
+            host,
             workers: self.workers,
             scale_cooldown: self.scale_cooldown,
-            queue: self.queue.clone().map(|spec| QueueBinding {
-                spec,
-                data_dir: self.data_dir.clone(),
-                settings: QueueSettings {
-                    batch_size: self.batch_size as usize,
-                    new_batch_threshold: self
-                        .new_batch_threshold
-                        .map_or(self.batch_size as usize / 2, |n| n as usize),
-                    visibility_timeout: self.visibility_timeout,
-                    max_dequeue_count: self.max_dequeue_count,
-                },
-            }),
+            queue,
             limits: WorkerLimits {
                 memory: self.worker_memory,
             },
             log_filter: std::env::var("RUST_LOG")
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
         };
-        let listen = config.host.listen;
         runtime.block_on(Supervisor::run(
             config,
             listen,
@@ -288,27 +406,46 @@ impl ServeCommand {
         ))
     }
 
-    /// Loads the component into this process, binds, serves until a signal, drains.
-    fn serve_in_process(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-        let config = self.config();
-        let host = {
+    /// Loads the functions into this process, binds, serves until a
+    /// signal, drains.
+    fn serve_in_process(
+        self,
+        runtime: tokio::runtime::Runtime,
+        config: HostConfig,
+        functions: Vec<FunctionSpec>,
+    ) -> anyhow::Result<ExitCode> {
+        if let Some(function) = functions.iter().find(|f| f.queue.is_some()) {
+            anyhow::bail!(
+                "function {}: --in-process has no queue trigger; serve the app with worker processes",
+                function.name
+            );
+        }
+        let what = fnhost::supervisor::describe_functions(&functions);
+        let single = functions.len() == 1;
+        let app = {
             let _entered = runtime.enter();
-            Host::builder(config.clone())
-                .component(&self.component)
-                .build()?
+            AppHost::build(functions, config.http.clone(), config.grace).map_err(|e| {
+                if single {
+                    anyhow::anyhow!("{}", e.error)
+                } else {
+                    anyhow::anyhow!("{e}")
+                }
+            })?
         };
-        host.check_triggers(false)?;
-        tracing::info!("{}", host.describe_load());
+        for (spec, host) in app.functions() {
+            if single {
+                tracing::info!("{}", host.describe_load());
+            } else {
+                tracing::info!("function {}: {}", spec.name, host.describe_load());
+            }
+        }
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
             let address = listener.local_addr()?;
-            tracing::info!(
-                "serving {} on http://{address} in process",
-                self.component.display()
-            );
-            let drained = host.serve(listener, shutdown_signal()).await;
+            tracing::info!("serving {what} on http://{address} in process");
+            let drained = app.serve(listener, shutdown_signal()).await;
             fnhost::exec::flush_guest_output(std::time::Duration::from_secs(1));
             if drained {
                 tracing::info!("drained; exiting");

@@ -61,7 +61,7 @@ pub async fn serve(supervisor: Arc<Supervisor>, listener: TcpListener) {
 
 fn route(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let allowed = match path {
-        "/health" | "/ready" | "/workers" | "/metrics" => Method::GET,
+        "/health" | "/ready" | "/workers" | "/functions" | "/metrics" => Method::GET,
         "/drain" => Method::POST,
         _ => return text(StatusCode::NOT_FOUND, format!("no admin resource {path}\n")),
     };
@@ -86,6 +86,14 @@ fn route(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Full<
         "/workers" => {
             let body = serde_json::to_vec_pretty(&supervisor.worker_status())
                 .expect("worker rows serialize");
+            with_type(
+                Response::new(Full::new(Bytes::from(body))),
+                "application/json",
+            )
+        }
+        "/functions" => {
+            let body = serde_json::to_vec_pretty(&supervisor.function_status())
+                .expect("function rows serialize");
             with_type(
                 Response::new(Full::new(Bytes::from(body))),
                 "application/json",

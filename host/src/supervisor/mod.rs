@@ -16,15 +16,16 @@ pub mod pool;
 pub mod process;
 pub mod scale;
 
+use crate::app::{AppDispatch, FunctionSpec};
 use crate::config::HostConfig;
-use crate::ipc::{self, ToSupervisor, ToWorker, WorkerInit};
+use crate::ipc::{self, FunctionInit, ToSupervisor, ToWorker, WorkerInit};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueSpec};
 use crate::triggers::http::HttpTrigger;
 use crate::triggers::queue::{QueueSettings, QueueTrigger};
 use anyhow::Context;
 use breaker::{Backoff, CrashBreaker};
-use pool::{SlotCounters, WorkerLink, WorkerPool};
+use pool::{FunctionCounters, FunctionPool, SlotCounters, WorkerLink, WorkerPool};
 use process::WorkerLimits;
 use scale::{ScaleInputs, ScalePolicy};
 use serde::Serialize;
@@ -52,16 +53,16 @@ pub const EXIT_CRASH_LOOP: u8 = 1;
 /// What a supervisor runs.
 #[derive(Clone, Debug)]
 pub struct SupervisorConfig {
-    /// The component every worker loads.
-    pub component: PathBuf,
-    /// The host settings, passed to every worker.
+    /// The app's functions; every worker loads all of them.
+    pub functions: Vec<FunctionSpec>,
+    /// The host-wide settings (listen address, HTTP limits, grace).
     pub host: HostConfig,
     /// Worker processes to keep running: fixed (`min == max`) or scaled
     /// between the two.
     pub workers: WorkerCount,
     /// How long the scale target must stay lower before workers stop.
     pub scale_cooldown: Duration,
-    /// The queue the component's queue handler is fed from, if any.
+    /// The queue that feeds the app's queue function, if any.
     pub queue: Option<QueueBinding>,
     /// OS limits of every worker.
     pub limits: WorkerLimits,
@@ -110,6 +111,8 @@ pub struct QueueBinding {
     pub data_dir: PathBuf,
     /// Fetch, visibility and retry settings.
     pub settings: QueueSettings,
+    /// The index of the function it feeds.
+    pub function: usize,
 }
 
 /// The phase a worker slot is in.
@@ -183,6 +186,51 @@ pub struct WorkerStatus {
     pub instances: u64,
 }
 
+/// A row of `GET /functions`.
+#[derive(Debug, Serialize)]
+pub struct FunctionStatus {
+    /// The function's name.
+    pub name: String,
+    /// Its component file.
+    pub component: String,
+    /// The component's version: the first 12 hex digits of its SHA-256.
+    pub version: String,
+    /// Its HTTP route, if any.
+    pub route: Option<String>,
+    /// The queue that feeds it, if any.
+    pub queue: Option<String>,
+    /// The lane it runs in (`None` until a worker has loaded it).
+    pub lane: Option<String>,
+    /// Its settings.
+    pub settings: FunctionSettingsView,
+    /// Invocations holding a slot of its `max_concurrent` cap now (`None`
+    /// without a cap).
+    pub running: Option<usize>,
+    /// Invocations finished, any outcome, across workers and restarts.
+    pub completed: u64,
+    /// Of those, the ones that failed.
+    pub failures: u64,
+}
+
+/// The settings `GET /functions` shows for a function.
+#[derive(Debug, Serialize)]
+pub struct FunctionSettingsView {
+    /// `mode`: auto, async or sync.
+    pub mode: String,
+    /// `timeout` in milliseconds.
+    pub timeout_ms: u64,
+    /// `max_memory` in bytes.
+    pub max_memory: u64,
+    /// `max_fuel`, if set.
+    pub max_fuel: Option<u64>,
+    /// Sync-lane threads.
+    pub threads: usize,
+    /// `instance_reuse`, if set.
+    pub instance_reuse: Option<u32>,
+    /// `max_concurrent`, if set.
+    pub max_concurrent: Option<usize>,
+}
+
 /// How one worker process ended.
 enum WorkerEnd {
     /// It was asked to stop (drain).
@@ -214,7 +262,10 @@ pub struct Supervisor {
     queue_trigger: Mutex<Option<Arc<QueueTrigger>>>,
     breaker: Mutex<CrashBreaker>,
     metrics: Arc<Metrics>,
-    function: Arc<str>,
+    functions: Arc<[FunctionCounters]>,
+    /// Each function's component version, hashed when first asked for.
+    versions: Vec<std::sync::OnceLock<String>>,
+    app: Arc<AppDispatch>,
     serving: AtomicBool,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
@@ -240,10 +291,22 @@ impl Supervisor {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
         let workers = config.workers;
-        let function: Arc<str> = config
-            .component
-            .file_stem()
-            .map_or_else(|| "function".into(), |s| s.to_string_lossy().into());
+        let functions: Arc<[FunctionCounters]> = config
+            .functions
+            .iter()
+            .map(|function| FunctionCounters::new(&function.name))
+            .collect();
+        let pool = Arc::new(WorkerPool::new());
+        let app = Arc::new(
+            crate::app::app_dispatch(&config.functions, |index, function| {
+                Arc::new(FunctionPool::new(
+                    pool.clone(),
+                    index as u32,
+                    function.config.invocation.timeout,
+                ))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         let queue = match &config.queue {
             Some(binding) => Some(
                 Queue::open(&binding.spec, &binding.data_dir)
@@ -254,7 +317,7 @@ impl Supervisor {
         };
         let (startup_sender, mut startup) = mpsc::unbounded_channel();
         let supervisor = Arc::new(Supervisor {
-            pool: Arc::new(WorkerPool::new(config.host.invocation.timeout)),
+            pool,
             slots: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),
             slot_tasks: Mutex::new(Vec::new()),
@@ -262,7 +325,13 @@ impl Supervisor {
             queue_trigger: Mutex::new(None),
             breaker: Mutex::new(CrashBreaker::new(workers.max)),
             metrics: Arc::new(Metrics::default()),
-            function,
+            versions: config
+                .functions
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+            functions,
+            app,
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -308,7 +377,7 @@ impl Supervisor {
         supervisor.serving.store(true, Ordering::Relaxed);
         tracing::info!(
             "serving {} on http://{} with {}",
-            supervisor.config.component.display(),
+            describe_functions(&supervisor.config.functions),
             listener.local_addr()?,
             if workers.min == workers.max {
                 format!(
@@ -354,7 +423,7 @@ impl Supervisor {
             let pool = supervisor.pool.clone();
             let trigger = Arc::new(QueueTrigger::new(
                 queue,
-                supervisor.pool.clone(),
+                supervisor.app.clone(),
                 binding.settings,
                 Arc::new(move || pool.links().len()),
             ));
@@ -365,7 +434,7 @@ impl Supervisor {
             tokio::spawn(async move { trigger.run(stop, grace).await })
         });
         tokio::spawn(supervisor.clone().control(stopped(stop_receiver.clone())));
-        let http = HttpTrigger::new(supervisor.pool.clone(), supervisor.config.host.http.clone());
+        let http = HttpTrigger::new(supervisor.app.clone(), supervisor.config.host.http.clone());
         let (http_drained, ()) = tokio::join!(
             http.serve(
                 listener,
@@ -560,6 +629,45 @@ impl Supervisor {
         self.metrics.encode()
     }
 
+    /// One row per function of the app.
+    pub fn function_status(&self) -> Vec<FunctionStatus> {
+        let lanes = self.pool.links().first().map(|link| link.lanes.clone());
+        self.config
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let counts = &self.functions[index];
+                let execution = &spec.config.execution;
+                FunctionStatus {
+                    name: spec.name.clone(),
+                    component: spec.component.display().to_string(),
+                    version: self.versions[index]
+                        .get_or_init(|| crate::app::component_version(&spec.component))
+                        .clone(),
+                    route: spec.route.as_ref().map(ToString::to_string),
+                    queue: spec.queue.as_ref().map(|q| q.name().to_string()),
+                    lane: lanes
+                        .as_ref()
+                        .and_then(|lanes| lanes.get(index))
+                        .map(ToString::to_string),
+                    settings: FunctionSettingsView {
+                        mode: format!("{:?}", execution.mode).to_lowercase(),
+                        timeout_ms: spec.config.invocation.timeout.as_millis() as u64,
+                        max_memory: spec.config.invocation.max_memory,
+                        max_fuel: execution.max_fuel,
+                        threads: execution.threads,
+                        instance_reuse: execution.instance_reuse,
+                        max_concurrent: spec.max_concurrent,
+                    },
+                    running: self.app.running(index),
+                    completed: counts.completed.load(Ordering::Relaxed),
+                    failures: counts.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
     /// One row per worker slot.
     pub fn worker_status(&self) -> Vec<WorkerStatus> {
         let slots = self.slots.lock().expect("slots").clone();
@@ -702,14 +810,24 @@ impl Supervisor {
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
         let workers = self.active_slots().len().max(1);
         let cores = crate::config::cores();
+        let functions = self
+            .config
+            .functions
+            .iter()
+            .map(|function| FunctionInit {
+                name: function.name.clone(),
+                component: function.component.clone(),
+                config: function.config.clone(),
+                http_bound: function.needs_http(),
+                queue_bound: function.queue.is_some(),
+            })
+            .collect();
         let _ = to_worker.send(ToWorker::Init(Box::new(WorkerInit {
             protocol: ipc::PROTOCOL_VERSION,
             slot,
-            component: self.config.component.clone(),
-            config: self.config.host.clone(),
+            functions,
             runtime_threads: (cores / workers).max(1),
             log_filter: self.config.log_filter.clone(),
-            queue_bound: self.config.queue.is_some(),
         })));
 
         let first = tokio::select! {
@@ -720,9 +838,12 @@ impl Supervisor {
                 return WorkerEnd::Stopped;
             }
         };
-        let lane = match first {
-            Ok(Ok(Some(ToSupervisor::Ready(ready)))) if ready.protocol == ipc::PROTOCOL_VERSION => {
-                ready.lane
+        let lanes = match first {
+            Ok(Ok(Some(ToSupervisor::Ready(ready))))
+                if ready.protocol == ipc::PROTOCOL_VERSION
+                    && ready.lanes.len() == self.functions.len() =>
+            {
+                ready.lanes
             }
             Ok(Ok(Some(ToSupervisor::StartFailed { message }))) => {
                 let _ = child.wait().await;
@@ -747,11 +868,11 @@ impl Supervisor {
             slot,
             pid,
             started,
-            lane,
+            lanes,
             to_worker,
             slot_state.counters.clone(),
             self.metrics.clone(),
-            self.function.clone(),
+            self.functions.clone(),
         ));
         self.pool.install(link.clone());
         self.metrics.workers.inc();
@@ -901,4 +1022,29 @@ async fn bind(
         None => None,
     };
     Ok((listener, admin))
+}
+
+/// What a host serves, for its start-up line: the component served alone,
+/// or the app's function names.
+pub fn describe_functions(functions: &[FunctionSpec]) -> String {
+    match functions {
+        [only] if only.route == Some(crate::app::Route::everything()) => {
+            only.component.display().to_string()
+        }
+        _ => format!(
+            "functions {}",
+            functions
+                .iter()
+                .map(|function| match (&function.route, &function.queue) {
+                    (Some(route), Some(queue)) => {
+                        format!("{} ({route}, queue {})", function.name, queue.name())
+                    }
+                    (Some(route), None) => format!("{} ({route})", function.name),
+                    (None, Some(queue)) => format!("{} (queue {})", function.name, queue.name()),
+                    (None, None) => function.name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

@@ -45,18 +45,42 @@ pub struct SlotCounters {
     pub restarts: AtomicU64,
 }
 
+/// One function's name and counts, shared by every worker's link.
+#[derive(Debug)]
+pub struct FunctionCounters {
+    /// The function's name (the metrics' `function` label).
+    pub name: Arc<str>,
+    /// Invocations finished, any outcome.
+    pub completed: AtomicU64,
+    /// Of those, the ones that failed.
+    pub failures: AtomicU64,
+}
+
+impl FunctionCounters {
+    /// Zeroed counters for function `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            completed: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A response head on its way from the reader to the waiting dispatch.
 type HeadResult = Result<http::Response<Body>, InvocationError>;
 
 struct PendingQueue {
     reply: oneshot::Sender<QueueResult>,
     started: Instant,
+    function: u32,
 }
 
 struct Pending {
     head: Option<oneshot::Sender<HeadResult>>,
     body: Option<mpsc::UnboundedSender<Result<Bytes, BodyError>>>,
     started: Instant,
+    function: u32,
 }
 
 /// The supervisor's side of one live worker process.
@@ -67,8 +91,8 @@ pub struct WorkerLink {
     pub pid: u32,
     /// When the process started.
     pub started: Instant,
-    /// The lane its component runs in.
-    pub lane: Lane,
+    /// The lane each function runs in, by function index.
+    pub lanes: Vec<Lane>,
     to_worker: mpsc::UnboundedSender<ToWorker>,
     pending: Mutex<HashMap<u64, Pending>>,
     queue_pending: Mutex<HashMap<u64, PendingQueue>>,
@@ -79,7 +103,7 @@ pub struct WorkerLink {
     guest_output_dropped: AtomicU64,
     counters: Arc<SlotCounters>,
     metrics: Arc<Metrics>,
-    function: Arc<str>,
+    functions: Arc<[FunctionCounters]>,
     lost: AtomicBool,
     gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
@@ -93,17 +117,17 @@ impl WorkerLink {
         slot: usize,
         pid: u32,
         started: Instant,
-        lane: Lane,
+        lanes: Vec<Lane>,
         to_worker: mpsc::UnboundedSender<ToWorker>,
         counters: Arc<SlotCounters>,
         metrics: Arc<Metrics>,
-        function: Arc<str>,
+        functions: Arc<[FunctionCounters]>,
     ) -> Self {
         Self {
             slot,
             pid,
             started,
-            lane,
+            lanes,
             to_worker,
             pending: Mutex::new(HashMap::new()),
             queue_pending: Mutex::new(HashMap::new()),
@@ -114,7 +138,7 @@ impl WorkerLink {
             guest_output_dropped: AtomicU64::new(0),
             counters,
             metrics,
-            function,
+            functions,
             lost: AtomicBool::new(false),
             gone: tokio::sync::watch::channel(false).0,
             overran: AtomicBool::new(false),
@@ -235,7 +259,7 @@ impl WorkerLink {
             ToSupervisor::Failed { id, kind, detail } => {
                 let entry = self.take(id);
                 if let Some(mut entry) = entry {
-                    self.count(kind.as_str(), entry.started);
+                    self.count(kind.as_str(), entry.started, entry.function);
                     if let Some(head) = entry.head.take() {
                         let _ = head.send(Err(InvocationError::new(kind, detail)));
                     }
@@ -244,7 +268,7 @@ impl WorkerLink {
             ToSupervisor::QueueDone { id, failure } => {
                 if let Some(entry) = self.take_queue(id) {
                     let outcome = failure.as_ref().map_or("ok", |(kind, _)| kind.as_str());
-                    self.count(outcome, entry.started);
+                    self.count(outcome, entry.started, entry.function);
                     let result = match failure {
                         None => Ok(()),
                         Some((kind, detail)) => Err(InvocationError::new(kind, detail)),
@@ -279,7 +303,7 @@ impl WorkerLink {
     /// Registers an invocation before its head is sent; `None` if the
     /// worker is already lost (checked under the lock [`Self::lose`] takes,
     /// so no registration slips in after the pending map was failed).
-    fn register(&self, id: u64) -> Option<oneshot::Receiver<HeadResult>> {
+    fn register(&self, id: u64, function: u32) -> Option<oneshot::Receiver<HeadResult>> {
         let (head, receiver) = oneshot::channel();
         let mut pending = self.pending.lock().expect("pending map");
         if self.is_lost() {
@@ -293,6 +317,7 @@ impl WorkerLink {
                 head: Some(head),
                 body: None,
                 started: Instant::now(),
+                function,
             },
         );
         Some(receiver)
@@ -300,7 +325,7 @@ impl WorkerLink {
 
     /// Registers a queue invocation before it is sent; `None` if the worker
     /// is already lost.
-    fn register_queue(&self, id: u64) -> Option<oneshot::Receiver<QueueResult>> {
+    fn register_queue(&self, id: u64, function: u32) -> Option<oneshot::Receiver<QueueResult>> {
         let (reply, receiver) = oneshot::channel();
         let mut pending = self.queue_pending.lock().expect("queue pending map");
         if self.is_lost() {
@@ -313,6 +338,7 @@ impl WorkerLink {
             PendingQueue {
                 reply,
                 started: Instant::now(),
+                function,
             },
         );
         Some(receiver)
@@ -348,19 +374,27 @@ impl WorkerLink {
         entry
     }
 
-    fn count(&self, outcome: &str, started: Instant) {
+    fn count(&self, outcome: &str, started: Instant, function: u32) {
+        let failed = outcome != "ok" && outcome != "cancelled";
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
-        if outcome != "ok" && outcome != "cancelled" {
+        if failed {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
-        self.metrics
-            .record(&self.function, self.lane, outcome, started.elapsed());
+        let index = function as usize;
+        if let (Some(counts), Some(&lane)) = (self.functions.get(index), self.lanes.get(index)) {
+            counts.completed.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                counts.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            self.metrics
+                .record(&counts.name, lane, outcome, started.elapsed());
+        }
     }
 
     /// Ends an invocation whose response was streaming.
     fn finish(&self, id: u64, outcome: &str, error: Option<BodyError>) {
         if let Some(entry) = self.take(id) {
-            self.count(outcome, entry.started);
+            self.count(outcome, entry.started, entry.function);
             if let (Some(body), Some(error)) = (entry.body, error) {
                 let _ = body.send(Err(error));
             }
@@ -370,7 +404,7 @@ impl WorkerLink {
     /// The client went away: stop the invocation in the worker.
     fn cancel(&self, id: u64) {
         if let Some(entry) = self.take(id) {
-            self.count("cancelled", entry.started);
+            self.count("cancelled", entry.started, entry.function);
             let _ = self.to_worker.send(ToWorker::Cancel { id });
         }
     }
@@ -379,10 +413,10 @@ impl WorkerLink {
     /// as a timeout and have the slot kill the worker.
     fn overrun(&self, id: u64) {
         if let Some(entry) = self.take(id) {
-            self.count(FailureKind::Timeout.as_str(), entry.started);
+            self.count(FailureKind::Timeout.as_str(), entry.started, entry.function);
         }
         if let Some(entry) = self.take_queue(id) {
-            self.count(FailureKind::Timeout.as_str(), entry.started);
+            self.count(FailureKind::Timeout.as_str(), entry.started, entry.function);
         }
         self.overran.store(true, Ordering::Relaxed);
         self.recycle.notify_one();
@@ -399,7 +433,11 @@ impl WorkerLink {
         for (id, mut entry) in drained {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.metrics.in_flight.dec();
-            self.count(FailureKind::WorkerLost.as_str(), entry.started);
+            self.count(
+                FailureKind::WorkerLost.as_str(),
+                entry.started,
+                entry.function,
+            );
             let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
             if let Some(head) = entry.head.take() {
                 let _ = head.send(Err(InvocationError::new(FailureKind::WorkerLost, detail)));
@@ -420,7 +458,11 @@ impl WorkerLink {
         for (_, entry) in drained {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.metrics.in_flight.dec();
-            self.count(FailureKind::WorkerLost.as_str(), entry.started);
+            self.count(
+                FailureKind::WorkerLost.as_str(),
+                entry.started,
+                entry.function,
+            );
             let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
             let _ = entry
                 .reply
@@ -457,20 +499,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The ready workers, as a [`Dispatch`].
+/// The ready workers; [`FunctionPool`] sends one function's invocations to them.
+#[derive(Default)]
 pub struct WorkerPool {
     links: RwLock<Vec<Arc<WorkerLink>>>,
-    deadline: Duration,
 }
 
 impl WorkerPool {
-    /// An empty pool; invocations running longer than `timeout` plus
-    /// [`OVERRUN_GRACE`] recycle their worker.
-    pub fn new(timeout: Duration) -> Self {
-        Self {
-            links: RwLock::new(Vec::new()),
-            deadline: timeout + OVERRUN_GRACE,
-        }
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds a ready worker. Its dispatch count starts at the lowest of the
@@ -538,6 +576,7 @@ impl WorkerPool {
 /// Runs one invocation on `link` (none: no worker is ready).
 async fn run(
     link: Option<Arc<WorkerLink>>,
+    function: u32,
     deadline: Duration,
     invocation: HttpInvocation,
 ) -> DispatchResult {
@@ -551,7 +590,7 @@ async fn run(
     let (parts, body) = invocation.request.into_parts();
     let body_empty = body.is_end_stream();
     let body_length = body.size_hint().exact();
-    let Some(head) = link.register(id) else {
+    let Some(head) = link.register(id, function) else {
         return Err(link.gone_error());
     };
     let mut guard = CancelOnDrop {
@@ -561,6 +600,7 @@ async fn run(
     };
     let sent = link.to_worker.send(ToWorker::Invoke(Box::new(InvokeHead {
         id,
+        function,
         method: parts.method.as_str().to_string(),
         uri: parts.uri.to_string(),
         headers: ipc::headers_to_wire(&parts.headers),
@@ -647,25 +687,57 @@ async fn send_request_body(link: Arc<WorkerLink>, id: u64, mut body: Body) {
     }
 }
 
-impl Dispatch for WorkerPool {
+/// One function's invocations, sent to the pool's workers with the
+/// function's index.
+pub struct FunctionPool {
+    pool: Arc<WorkerPool>,
+    function: u32,
+    deadline: Duration,
+}
+
+impl FunctionPool {
+    /// The invocations of function `function` (its index in the app),
+    /// whose `timeout` is `timeout`: running longer than that plus
+    /// [`OVERRUN_GRACE`] recycles their worker.
+    pub fn new(pool: Arc<WorkerPool>, function: u32, timeout: Duration) -> Self {
+        Self {
+            pool,
+            function,
+            deadline: timeout + OVERRUN_GRACE,
+        }
+    }
+}
+
+impl Dispatch for FunctionPool {
     fn dispatch_http(
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        Box::pin(run(self.pick(), self.deadline, invocation))
+        Box::pin(run(
+            self.pool.pick(),
+            self.function,
+            self.deadline,
+            invocation,
+        ))
     }
 
     fn dispatch_queue(
         &self,
         invocation: QueueInvocation,
     ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
-        Box::pin(run_queue(self.pick(), self.deadline, invocation))
+        Box::pin(run_queue(
+            self.pool.pick(),
+            self.function,
+            self.deadline,
+            invocation,
+        ))
     }
 }
 
 /// Runs one queue message on `link` (none: no worker is ready).
 async fn run_queue(
     link: Option<Arc<WorkerLink>>,
+    function: u32,
     deadline: Duration,
     invocation: QueueInvocation,
 ) -> QueueResult {
@@ -676,11 +748,12 @@ async fn run_queue(
         ));
     };
     let id = invocation.id.to_u64();
-    let Some(reply) = link.register_queue(id) else {
+    let Some(reply) = link.register_queue(id, function) else {
         return Err(link.gone_error());
     };
     let sent = link.to_worker.send(ToWorker::InvokeQueue {
         id,
+        function,
         message: invocation.message,
     });
     if sent.is_err() {

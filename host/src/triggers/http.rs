@@ -216,7 +216,12 @@ fn check_limits<B>(limits: &HttpLimits, request: &Request<B>) -> Option<(StatusC
 /// `fnhost-error` header, and a short body that never includes the detail
 /// (which can hold guest backtraces or host paths). The detail goes to the log.
 fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body> {
-    tracing::warn!("[{id}] invocation failed: {}: {}", error.kind, error.detail);
+    if error.kind == FailureKind::NoRoute {
+        // A client's mistake, not the host's: not worth a warning each.
+        tracing::debug!("[{id}] {}", error.detail);
+    } else {
+        tracing::warn!("[{id}] invocation failed: {}: {}", error.kind, error.detail);
+    }
     let message = match error.kind {
         FailureKind::Trap => "the function failed",
         FailureKind::Timeout => "the function ran out of time",
@@ -224,6 +229,7 @@ fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body>
         FailureKind::Capacity => "the host is at capacity; retry later",
         FailureKind::WorkerLost => "the worker running the function was lost",
         FailureKind::Rejected => "the function failed",
+        FailureKind::NoRoute => "no function serves this path",
     };
     let mut response = plain_response(id, error.kind.status(), message.to_string());
     let headers = response.headers_mut();

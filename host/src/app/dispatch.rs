@@ -1,0 +1,156 @@
+//! The one place a function is chosen: [`AppDispatch`] routes an HTTP
+//! request by path, a queue message to the app's queue function, and
+//! holds each function's `max_concurrent` cap.
+
+use super::Router;
+use crate::invocation::{
+    Body, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, QueueInvocation,
+    QueueResult,
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One function as the router sees it: its name, where its invocations
+/// run, and its cap.
+pub struct FunctionDispatch {
+    /// The function's name, for messages.
+    pub name: Arc<str>,
+    /// Runs the function's invocations (a lane in this process, or the
+    /// worker pool with this function's index).
+    pub dispatch: Arc<dyn Dispatch>,
+    /// Invocations that may run at once; `None`: no cap of its own.
+    pub max_concurrent: Option<usize>,
+}
+
+struct Entry {
+    name: Arc<str>,
+    dispatch: Arc<dyn Dispatch>,
+    slots: Option<(Arc<Semaphore>, usize)>,
+}
+
+/// Routes invocations to an app's functions.
+pub struct AppDispatch {
+    router: Router,
+    functions: Vec<Entry>,
+    queue_function: Option<usize>,
+}
+
+impl AppDispatch {
+    /// A dispatch over `functions` (indexed as in `router`), with queue
+    /// messages going to `queue_function`.
+    pub fn new(
+        router: Router,
+        functions: Vec<FunctionDispatch>,
+        queue_function: Option<usize>,
+    ) -> Self {
+        let functions = functions
+            .into_iter()
+            .map(|function| Entry {
+                name: function.name,
+                dispatch: function.dispatch,
+                slots: function
+                    .max_concurrent
+                    .map(|cap| (Arc::new(Semaphore::new(cap)), cap)),
+            })
+            .collect();
+        Self {
+            router,
+            functions,
+            queue_function,
+        }
+    }
+
+    /// Invocations of function `index` running now (those holding a slot of
+    /// its cap; 0 for a function without one).
+    pub fn running(&self, index: usize) -> Option<usize> {
+        let (semaphore, cap) = self.functions.get(index)?.slots.as_ref()?;
+        Some(cap - semaphore.available_permits())
+    }
+}
+
+impl Dispatch for AppDispatch {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let path = invocation.request.uri().path();
+        let Some(entry) = self.router.pick(path).map(|i| &self.functions[i]) else {
+            let error = InvocationError::new(
+                FailureKind::NoRoute,
+                format!("no function has a route for {path}"),
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        };
+        let Some((semaphore, cap)) = &entry.slots else {
+            return entry.dispatch.dispatch_http(invocation);
+        };
+        let Ok(permit) = semaphore.clone().try_acquire_owned() else {
+            let error = InvocationError::new(
+                FailureKind::Capacity,
+                format!(
+                    "function {} is running its max_concurrent of {cap} invocations",
+                    entry.name
+                ),
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        };
+        let call = entry.dispatch.dispatch_http(invocation);
+        Box::pin(async move {
+            let response = call.await?;
+            // The slot is the function's until its response body ends.
+            Ok(response.map(|inner| {
+                HoldingBody {
+                    inner,
+                    _permit: permit,
+                }
+                .boxed_unsync()
+            }))
+        })
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        match self.queue_function.map(|i| &self.functions[i]) {
+            Some(entry) => entry.dispatch.dispatch_queue(invocation),
+            None => Box::pin(std::future::ready(Err(InvocationError::new(
+                FailureKind::Trap,
+                "no function of the app has a queue trigger",
+            )))),
+        }
+    }
+}
+
+/// A response body that holds its function's concurrency slot until it
+/// ends or is dropped.
+struct HoldingBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = crate::invocation::BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
