@@ -18,7 +18,7 @@
 //! A frame that does not decode is a protocol error: the reader stops, and
 //! the supervisor recycles that worker. Nothing here panics on bad input.
 
-use crate::config::{HostConfig, Lane};
+use crate::config::HostConfig;
 use crate::invocation::{BodyError, FailureKind, QueueMessage};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -80,11 +80,27 @@ pub enum ToWorker {
     },
     /// Finish nothing new; exit once in-flight invocations are done.
     Shutdown,
+    /// Load app version `generation` next to the running ones (a
+    /// redeploy); the worker answers [`ToSupervisor::Loaded`].
+    Load {
+        /// The new version's number.
+        generation: u64,
+        /// Its functions, in the order invocations index them.
+        functions: Vec<FunctionInit>,
+    },
+    /// No new invocation of version `generation` will come: drop it once
+    /// its in-flight invocations finish.
+    Release {
+        /// The retired version.
+        generation: u64,
+    },
     /// Run one queue message through the queue handler.
     InvokeQueue {
         /// The invocation.
         id: u64,
-        /// The function's index in the app.
+        /// The app version it belongs to.
+        generation: u64,
+        /// The function's index in that version.
         function: u32,
         /// The delivery.
         message: QueueMessage,
@@ -107,6 +123,8 @@ pub struct WorkerInit {
     pub protocol: u32,
     /// The worker's slot number, for its log lines.
     pub slot: usize,
+    /// The app version it loads.
+    pub generation: u64,
     /// The app's functions, in the order invocations index them.
     pub functions: Vec<FunctionInit>,
     /// Threads of the worker's async runtime.
@@ -116,7 +134,7 @@ pub struct WorkerInit {
 }
 
 /// One function a worker loads.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FunctionInit {
     /// Its name, for log lines.
     pub name: String,
@@ -138,7 +156,9 @@ pub struct InvokeHead {
     /// The invocation id (the supervisor allocates it; logs and the
     /// `fnhost-invocation-id` header agree).
     pub id: u64,
-    /// The function's index in the app ([`WorkerInit::functions`]).
+    /// The app version it belongs to.
+    pub generation: u64,
+    /// The function's index in that version.
     pub function: u32,
     /// Request method.
     pub method: String,
@@ -206,6 +226,13 @@ pub enum ToSupervisor {
         /// One line for the log.
         detail: String,
     },
+    /// The answer to [`ToWorker::Load`].
+    Loaded {
+        /// The version.
+        generation: u64,
+        /// `None` when it is loaded, else one line saying why not.
+        failure: Option<String>,
+    },
     /// Periodic worker statistics.
     Stats {
         /// Instances alive in the worker (warm or running).
@@ -229,9 +256,6 @@ pub enum ToSupervisor {
 pub struct WorkerReady {
     /// Must equal the supervisor's [`PROTOCOL_VERSION`].
     pub protocol: u32,
-    /// The lane each function runs in, in the order of
-    /// [`WorkerInit::functions`].
-    pub lanes: Vec<Lane>,
 }
 
 /// A tokio-util codec: length-delimited frames of postcard-encoded `In`

@@ -187,34 +187,12 @@ async fn serve(
         );
         return Ok(start_failed(to_supervisor, writer, message).await);
     }
-    let mut functions = Vec::with_capacity(init.functions.len());
-    for function in init.functions {
-        let built = Host::builder(function.config)
-            .component(&function.component)
-            .build()
-            .and_then(|host| {
-                host.check_triggers(function.http_bound, function.queue_bound)
-                    .map(|()| host)
-            });
-        match built {
-            Ok(host) => {
-                tracing::info!(
-                    "worker {} (pid {}): function {}: {}",
-                    init.slot,
-                    std::process::id(),
-                    function.name,
-                    host.describe_load()
-                );
-                functions.push(host);
-            }
-            Err(error) => {
-                return Ok(start_failed(to_supervisor, writer, one_line(&error)).await);
-            }
-        }
-    }
+    let first = match load_version(init.slot, init.functions) {
+        Ok(version) => version,
+        Err(message) => return Ok(start_failed(to_supervisor, writer, message).await),
+    };
     let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
         protocol: ipc::PROTOCOL_VERSION,
-        lanes: functions.iter().map(|host| host.summary().lane).collect(),
     })));
     let stats = to_supervisor.clone();
     let stats_task = tokio::spawn(async move {
@@ -233,17 +211,28 @@ async fn serve(
         }
     });
 
-    // By function index, as invocations name them.
-    let dispatches: Vec<(Arc<dyn crate::Dispatch>, Duration)> = functions
-        .iter()
-        .map(|host| (host.dispatch(), host.config().invocation.timeout))
-        .collect();
+    // The app versions loaded, by number; invocations name one.
+    let mut versions: HashMap<u64, Version> = HashMap::from([(init.generation, first)]);
+    // Versions being loaded for a redeploy report back here.
+    let (loaded_sender, mut loaded) =
+        tokio::sync::mpsc::unbounded_channel::<(u64, Result<Version, String>)>();
     let running = Arc::new(Running::default());
     let queue_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writer = writer;
     loop {
         let next = tokio::select! {
             next = ipc::next_message(&mut reader) => next,
+            Some((generation, result)) = loaded.recv() => {
+                let failure = match result {
+                    Ok(version) => {
+                        versions.insert(generation, version);
+                        None
+                    }
+                    Err(message) => Some(message),
+                };
+                let _ = to_supervisor.send(ToSupervisor::Loaded { generation, failure });
+                continue;
+            }
             _ = &mut writer => {
                 // A message that could not be encoded (or a dead socket):
                 // the supervisor would wait for answers that never come.
@@ -266,11 +255,15 @@ async fn serve(
         match message {
             ToWorker::Invoke(head) => {
                 let id = head.id;
-                let Some((dispatch, timeout)) = dispatches.get(head.function as usize) else {
+                let Some((dispatch, timeout)) = versions
+                    .get(&head.generation)
+                    .and_then(|version| version.function(head.function))
+                else {
                     tracing::error!(
-                        "worker {}: an invocation of function {}, which does not exist",
+                        "worker {}: an invocation of function {} of version {}, which it does not have",
                         init.slot,
-                        head.function
+                        head.function,
+                        head.generation
                     );
                     return Ok(ExitCode::from(EXIT_PROTOCOL));
                 };
@@ -289,13 +282,13 @@ async fn serve(
                 let window = Arc::new(Semaphore::new(ipc::RESPONSE_WINDOW));
                 let mut invocations = running.invocations.lock().expect("running map");
                 let task = tokio::spawn(invoke(
-                    dispatch.clone(),
+                    dispatch,
                     *head,
                     body,
                     Response {
                         to_supervisor: to_supervisor.clone(),
                         window: window.clone(),
-                        deadline: tokio::time::Instant::now() + *timeout,
+                        deadline: tokio::time::Instant::now() + timeout,
                     },
                     running.clone(),
                 ));
@@ -326,12 +319,16 @@ async fn serve(
             ToWorker::ResponseCredit { id, bytes } => running.credit(id, bytes),
             ToWorker::InvokeQueue {
                 id,
+                generation,
                 function,
                 message,
             } => {
-                let Some((dispatch, _)) = dispatches.get(function as usize) else {
+                let Some((dispatch, _)) = versions
+                    .get(&generation)
+                    .and_then(|version| version.function(function))
+                else {
                     tracing::error!(
-                        "worker {}: a queue message for function {function}, which does not exist",
+                        "worker {}: a queue message for function {function} of version {generation}, which it does not have",
                         init.slot
                     );
                     return Ok(ExitCode::from(EXIT_PROTOCOL));
@@ -348,6 +345,24 @@ async fn serve(
                     let _ = to_supervisor.send(ToSupervisor::QueueDone { id, failure });
                     queue_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
+            }
+            ToWorker::Load {
+                generation,
+                functions,
+            } => {
+                // Compiling can take seconds: off the runtime's threads,
+                // while the running versions keep serving.
+                let slot = init.slot;
+                let report = loaded_sender.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = report.send((generation, load_version(slot, functions)));
+                });
+            }
+            ToWorker::Release { generation } => {
+                // In-flight invocations hold their own handles on it.
+                if versions.remove(&generation).is_some() {
+                    tracing::info!("worker {}: released app version {generation}", init.slot);
+                }
             }
             ToWorker::Shutdown => {
                 tracing::info!("worker {}: shutting down", init.slot);
@@ -380,6 +395,43 @@ async fn serve(
             }
         }
     }
+}
+
+/// One app version loaded in this worker: a host per function.
+struct Version {
+    hosts: Vec<Host>,
+}
+
+impl Version {
+    /// Function `index`'s dispatch and timeout.
+    fn function(&self, index: u32) -> Option<(Arc<dyn crate::Dispatch>, Duration)> {
+        let host = self.hosts.get(index as usize)?;
+        Some((host.dispatch(), host.config().invocation.timeout))
+    }
+}
+
+/// Loads every function of an app version, each into its own host; the
+/// first failure is the one line returned.
+fn load_version(slot: usize, functions: Vec<ipc::FunctionInit>) -> Result<Version, String> {
+    let mut hosts = Vec::with_capacity(functions.len());
+    for function in functions {
+        let host = Host::builder(function.config)
+            .component(&function.component)
+            .build()
+            .and_then(|host| {
+                host.check_triggers(function.http_bound, function.queue_bound)
+                    .map(|()| host)
+            })
+            .map_err(|error| one_line(&error))?;
+        tracing::info!(
+            "worker {slot} (pid {}): function {}: {}",
+            std::process::id(),
+            function.name,
+            host.describe_load()
+        );
+        hosts.push(host);
+    }
+    Ok(Version { hosts })
 }
 
 /// Reports a start failure and waits until the writer has sent it.

@@ -14,6 +14,7 @@ mod limits;
 mod outbound;
 mod python;
 mod queue;
+mod redeploy;
 mod reuse;
 mod sandbox;
 mod serve;

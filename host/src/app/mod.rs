@@ -240,16 +240,13 @@ pub fn app_dispatch(
     Ok(AppDispatch::new(router, entries, queue_function(functions)))
 }
 
-/// A component file's version as `GET /functions` shows it: the first 12
-/// hex digits of its SHA-256, or `unreadable`.
-pub fn component_version(path: &std::path::Path) -> String {
+/// A component's version as `GET /functions` shows it: the first 12 hex
+/// digits of the SHA-256 of its bytes.
+pub fn content_version(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    match std::fs::read(path) {
-        Ok(bytes) => Sha256::digest(&bytes)
-            .iter()
-            .take(6)
-            .map(|byte| format!("{byte:02x}"))
-            .collect(),
-        Err(_) => "unreadable".to_string(),
-    }
+    Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }

@@ -15,14 +15,17 @@ use fnhost::config::{
 };
 use fnhost::queue::{DEFAULT_DATA_DIR, QueueSpec};
 use fnhost::supervisor::process::WorkerLimits;
+use fnhost::supervisor::redeploy::ReloadSource;
 use fnhost::supervisor::{QueueBinding, Supervisor, SupervisorConfig, WorkerCount};
 use fnhost::triggers::queue::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_DEQUEUE_COUNT, MAX_BATCH_SIZE, MIN_VISIBILITY_TIMEOUT,
     QueueSettings,
 };
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::DEFAULT_LOG_FILTER;
@@ -172,6 +175,10 @@ pub struct ServeCommand {
     /// isolation, no admin endpoint, no queue trigger. For embedding-like setups and benchmarks.
     #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
     pub(super) in_process: bool,
+
+    /// Redeploy when the manifest or a component file changes (as POST /reload and SIGHUP do).
+    #[arg(long, env = "FNHOST_WATCH", conflicts_with = "in_process")]
+    pub(super) watch: bool,
 }
 
 impl ServeCommand {
@@ -227,19 +234,57 @@ impl ServeCommand {
     /// this process with `--in-process`. `matches` says which settings the
     /// user gave as flags or environment variables (they win over the
     /// manifest).
-    pub fn execute(mut self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
-        let explicit = |id: &str| {
-            matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
+    pub fn execute(self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+        let given: Arc<HashSet<String>> = Arc::new(
+            matches
+                .ids()
+                .filter(|id| {
+                    matches!(
+                        matches.value_source(id.as_str()),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    )
+                })
+                .map(|id| id.as_str().to_string())
+                .collect(),
+        );
+        let (command, functions) = self.read_app(&given)?;
+        let reload = ReloadSource {
+            manifest: command.manifest_path(),
+            read: {
+                let original = self.clone();
+                Arc::new(move || original.read_app(&given).map(|(_, functions)| functions))
+            },
         };
-        let functions = self.functions(&explicit)?;
-        let config = self.config();
+        command.run(functions, reload)
+    }
+
+    /// Reads and checks the app as the flags and the manifest say: the
+    /// settings with the manifest's `[host]` applied, and the functions.
+    fn read_app(
+        &self,
+        given: &HashSet<String>,
+    ) -> anyhow::Result<(ServeCommand, Vec<FunctionSpec>)> {
+        let mut command = self.clone();
+        let functions = command.functions(&|id| given.contains(id))?;
         for function in &functions {
-            self.refuse_unsafe_dirs(function, &functions)?;
+            command.refuse_unsafe_dirs(function, &functions)?;
         }
         crate::cli::app::refuse_overlaps(&functions)?;
+        Ok((command, functions))
+    }
+
+    /// The manifest the app comes from, if any.
+    fn manifest_path(&self) -> Option<PathBuf> {
+        match &self.path {
+            None => Some(PathBuf::from(manifest::MANIFEST_FILE)),
+            Some(path) if manifest::is_manifest(path) => Some(path.clone()),
+            Some(_) => None,
+        }
+    }
+
+    /// Serves `functions` as these settings say, until a signal.
+    fn run(self, functions: Vec<FunctionSpec>, reload: ReloadSource) -> anyhow::Result<ExitCode> {
+        let config = self.config();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(fnhost::config::cores())
             .enable_all()
@@ -248,7 +293,7 @@ impl ServeCommand {
         if self.in_process {
             self.serve_in_process(runtime, config, functions)
         } else {
-            self.supervise(runtime, config, functions)
+            self.supervise(runtime, config, functions, reload)
         }
     }
 
@@ -357,18 +402,12 @@ impl ServeCommand {
         runtime: tokio::runtime::Runtime,
         host: HostConfig,
         functions: Vec<FunctionSpec>,
+        reload: ReloadSource,
     ) -> anyhow::Result<ExitCode> {
-        // The checks that need no compiling (the file exists, is a
-        // component, fits the caps) here, so the common mistakes fail before
-        // any process starts; the first worker reports the rest (no handler,
-        // link errors) before any port opens, and the supervisor exits 2.
-        for function in &functions {
-            fnhost::component::read_checked(
-                &function.component,
-                function.config.max_component_size,
-                function.config.invocation.max_memory,
-            )?;
-        }
+        // The supervisor checks what needs no compiling (each file exists,
+        // is a component, fits the caps) before any process starts; the
+        // first worker reports the rest (no handler, link errors) before
+        // any port opens, and the supervisor exits 2.
         let queue = fnhost::app::queue_function(&functions).map(|index| QueueBinding {
             spec: functions[index]
                 .queue
@@ -397,6 +436,8 @@ impl ServeCommand {
             },
             log_filter: std::env::var("RUST_LOG")
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
+            reload: Some(reload),
+            watch: self.watch,
         };
         runtime.block_on(Supervisor::run(
             config,

@@ -1,12 +1,14 @@
 //! The admin endpoint (`--admin ADDR`): health, readiness, workers,
-//! metrics and drain, for operators, load balancers and Prometheus.
+//! functions, metrics, redeploy and drain, for operators, load balancers and Prometheus.
 //!
 //! | request | answer |
 //! |---|---|
 //! | `GET /health` | 200 `ok`, or 503 with the reason once the crash-loop breaker tripped |
 //! | `GET /ready` | 200 when serving with a ready worker and not draining, else 503 |
 //! | `GET /workers` | JSON array of [`WorkerStatus`](super::WorkerStatus) |
+//! | `GET /functions` | JSON array of [`FunctionStatus`](super::FunctionStatus): each function's version, route, lane, settings and counts |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
+//! | `POST /reload` | redeploy: 200 `reloaded: app version N`, or 422 with why the running version stays |
 //! | `POST /drain` | 202; stop accepting, finish in-flight work, exit 0 |
 //! | `POST /queues/{q}/messages` | 201 with the new message's id; the request body is the message |
 //! | `GET /queues/{q}` | JSON: length, oldest_age_seconds, in_flight, poison |
@@ -42,6 +44,8 @@ pub async fn serve(supervisor: Arc<Supervisor>, listener: TcpListener) {
             async move {
                 let response = if request.uri().path().starts_with("/queues/") {
                     queue_route(&supervisor, request).await
+                } else if request.uri().path() == "/reload" {
+                    reload_route(&supervisor, request.method()).await
                 } else {
                     route(&supervisor, request.method(), request.uri().path())
                 };
@@ -107,6 +111,21 @@ fn route(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Full<
             supervisor.request_drain();
             text(StatusCode::ACCEPTED, "draining\n".to_string())
         }
+    }
+}
+
+/// `POST /reload`: redeploys; 200 with the new app version, or 422 with
+/// the one line saying why the running version stays.
+async fn reload_route(supervisor: &Arc<Supervisor>, method: &Method) -> Response<Full<Bytes>> {
+    if *method != Method::POST {
+        return method_not_allowed("/reload", &Method::POST);
+    }
+    match supervisor.reload().await {
+        Ok(version) => text(StatusCode::OK, format!("reloaded: app version {version}\n")),
+        Err(message) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not reloaded: {message}\n"),
+        ),
     }
 }
 

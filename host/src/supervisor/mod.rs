@@ -11,21 +11,25 @@
 //! workers and exits 0.
 
 pub mod admin;
+pub mod app;
 pub mod breaker;
 pub mod pool;
 pub mod process;
+pub mod redeploy;
 pub mod scale;
 
-use crate::app::{AppDispatch, FunctionSpec};
+use crate::app::FunctionSpec;
 use crate::config::HostConfig;
-use crate::ipc::{self, FunctionInit, ToSupervisor, ToWorker, WorkerInit};
+use crate::ipc::{self, ToSupervisor, ToWorker, WorkerInit};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueSpec};
 use crate::triggers::http::HttpTrigger;
 use crate::triggers::queue::{QueueSettings, QueueTrigger};
 use anyhow::Context;
+use app::{Current, CurrentDispatch, Generation};
+pub use app::{FunctionStatus, describe_functions};
 use breaker::{Backoff, CrashBreaker};
-use pool::{FunctionCounters, FunctionPool, SlotCounters, WorkerLink, WorkerPool};
+use pool::{SlotCounters, WorkerLink, WorkerPool};
 use process::WorkerLimits;
 use scale::{ScaleInputs, ScalePolicy};
 use serde::Serialize;
@@ -68,6 +72,11 @@ pub struct SupervisorConfig {
     pub limits: WorkerLimits,
     /// The log filter workers use.
     pub log_filter: String,
+    /// How to read the app again for a redeploy (`POST /reload`, SIGHUP);
+    /// `None`: the host cannot reload.
+    pub reload: Option<redeploy::ReloadSource>,
+    /// Whether to redeploy when the manifest or a component file changes.
+    pub watch: bool,
 }
 
 /// `--workers N` or `--workers MIN..MAX`.
@@ -186,51 +195,6 @@ pub struct WorkerStatus {
     pub instances: u64,
 }
 
-/// A row of `GET /functions`.
-#[derive(Debug, Serialize)]
-pub struct FunctionStatus {
-    /// The function's name.
-    pub name: String,
-    /// Its component file.
-    pub component: String,
-    /// The component's version: the first 12 hex digits of its SHA-256.
-    pub version: String,
-    /// Its HTTP route, if any.
-    pub route: Option<String>,
-    /// The queue that feeds it, if any.
-    pub queue: Option<String>,
-    /// The lane it runs in (`None` until a worker has loaded it).
-    pub lane: Option<String>,
-    /// Its settings.
-    pub settings: FunctionSettingsView,
-    /// Invocations holding a slot of its `max_concurrent` cap now (`None`
-    /// without a cap).
-    pub running: Option<usize>,
-    /// Invocations finished, any outcome, across workers and restarts.
-    pub completed: u64,
-    /// Of those, the ones that failed.
-    pub failures: u64,
-}
-
-/// The settings `GET /functions` shows for a function.
-#[derive(Debug, Serialize)]
-pub struct FunctionSettingsView {
-    /// `mode`: auto, async or sync.
-    pub mode: String,
-    /// `timeout` in milliseconds.
-    pub timeout_ms: u64,
-    /// `max_memory` in bytes.
-    pub max_memory: u64,
-    /// `max_fuel`, if set.
-    pub max_fuel: Option<u64>,
-    /// Sync-lane threads.
-    pub threads: usize,
-    /// `instance_reuse`, if set.
-    pub instance_reuse: Option<u32>,
-    /// `max_concurrent`, if set.
-    pub max_concurrent: Option<usize>,
-}
-
 /// How one worker process ended.
 enum WorkerEnd {
     /// It was asked to stop (drain).
@@ -262,10 +226,12 @@ pub struct Supervisor {
     queue_trigger: Mutex<Option<Arc<QueueTrigger>>>,
     breaker: Mutex<CrashBreaker>,
     metrics: Arc<Metrics>,
-    functions: Arc<[FunctionCounters]>,
-    /// Each function's component version, hashed when first asked for.
-    versions: Vec<std::sync::OnceLock<String>>,
-    app: Arc<AppDispatch>,
+    /// The app version new invocations go to.
+    current: Arc<Current>,
+    /// Routes every invocation to the current version.
+    dispatch: Arc<CurrentDispatch>,
+    /// One redeploy at a time.
+    reloading: tokio::sync::Mutex<()>,
     serving: AtomicBool,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
@@ -291,22 +257,12 @@ impl Supervisor {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
         let workers = config.workers;
-        let functions: Arc<[FunctionCounters]> = config
-            .functions
-            .iter()
-            .map(|function| FunctionCounters::new(&function.name))
-            .collect();
         let pool = Arc::new(WorkerPool::new());
-        let app = Arc::new(
-            crate::app::app_dispatch(&config.functions, |index, function| {
-                Arc::new(FunctionPool::new(
-                    pool.clone(),
-                    index as u32,
-                    function.config.invocation.timeout,
-                ))
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        let current = Arc::new(Current::new(Arc::new(Generation::new(
+            1,
+            config.functions.clone(),
+            &pool,
+        )?)));
         let queue = match &config.queue {
             Some(binding) => Some(
                 Queue::open(&binding.spec, &binding.data_dir)
@@ -325,13 +281,9 @@ impl Supervisor {
             queue_trigger: Mutex::new(None),
             breaker: Mutex::new(CrashBreaker::new(workers.max)),
             metrics: Arc::new(Metrics::default()),
-            versions: config
-                .functions
-                .iter()
-                .map(|_| Default::default())
-                .collect(),
-            functions,
-            app,
+            dispatch: Arc::new(CurrentDispatch(current.clone())),
+            current,
+            reloading: tokio::sync::Mutex::new(()),
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -423,7 +375,7 @@ impl Supervisor {
             let pool = supervisor.pool.clone();
             let trigger = Arc::new(QueueTrigger::new(
                 queue,
-                supervisor.app.clone(),
+                supervisor.dispatch.clone(),
                 binding.settings,
                 Arc::new(move || pool.links().len()),
             ));
@@ -434,7 +386,16 @@ impl Supervisor {
             tokio::spawn(async move { trigger.run(stop, grace).await })
         });
         tokio::spawn(supervisor.clone().control(stopped(stop_receiver.clone())));
-        let http = HttpTrigger::new(supervisor.app.clone(), supervisor.config.host.http.clone());
+        if supervisor.config.reload.is_some() {
+            tokio::spawn(supervisor.clone().reload_on_hangup());
+            if supervisor.config.watch {
+                tokio::spawn(supervisor.clone().watch_files());
+            }
+        }
+        let http = HttpTrigger::new(
+            supervisor.dispatch.clone(),
+            supervisor.config.host.http.clone(),
+        );
         let (http_drained, ()) = tokio::join!(
             http.serve(
                 listener,
@@ -629,43 +590,9 @@ impl Supervisor {
         self.metrics.encode()
     }
 
-    /// One row per function of the app.
+    /// One row per function of the current app version.
     pub fn function_status(&self) -> Vec<FunctionStatus> {
-        let lanes = self.pool.links().first().map(|link| link.lanes.clone());
-        self.config
-            .functions
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                let counts = &self.functions[index];
-                let execution = &spec.config.execution;
-                FunctionStatus {
-                    name: spec.name.clone(),
-                    component: spec.component.display().to_string(),
-                    version: self.versions[index]
-                        .get_or_init(|| crate::app::component_version(&spec.component))
-                        .clone(),
-                    route: spec.route.as_ref().map(ToString::to_string),
-                    queue: spec.queue.as_ref().map(|q| q.name().to_string()),
-                    lane: lanes
-                        .as_ref()
-                        .and_then(|lanes| lanes.get(index))
-                        .map(ToString::to_string),
-                    settings: FunctionSettingsView {
-                        mode: format!("{:?}", execution.mode).to_lowercase(),
-                        timeout_ms: spec.config.invocation.timeout.as_millis() as u64,
-                        max_memory: spec.config.invocation.max_memory,
-                        max_fuel: execution.max_fuel,
-                        threads: execution.threads,
-                        instance_reuse: execution.instance_reuse,
-                        max_concurrent: spec.max_concurrent,
-                    },
-                    running: self.app.running(index),
-                    completed: counts.completed.load(Ordering::Relaxed),
-                    failures: counts.failures.load(Ordering::Relaxed),
-                }
-            })
-            .collect()
+        self.current.get().status()
     }
 
     /// One row per worker slot.
@@ -810,22 +737,12 @@ impl Supervisor {
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
         let workers = self.active_slots().len().max(1);
         let cores = crate::config::cores();
-        let functions = self
-            .config
-            .functions
-            .iter()
-            .map(|function| FunctionInit {
-                name: function.name.clone(),
-                component: function.component.clone(),
-                config: function.config.clone(),
-                http_bound: function.needs_http(),
-                queue_bound: function.queue.is_some(),
-            })
-            .collect();
+        let generation = self.current.get();
         let _ = to_worker.send(ToWorker::Init(Box::new(WorkerInit {
             protocol: ipc::PROTOCOL_VERSION,
             slot,
-            functions,
+            generation: generation.id,
+            functions: generation.inits(),
             runtime_threads: (cores / workers).max(1),
             log_filter: self.config.log_filter.clone(),
         })));
@@ -838,12 +755,8 @@ impl Supervisor {
                 return WorkerEnd::Stopped;
             }
         };
-        let lanes = match first {
-            Ok(Ok(Some(ToSupervisor::Ready(ready))))
-                if ready.protocol == ipc::PROTOCOL_VERSION
-                    && ready.lanes.len() == self.functions.len() =>
-            {
-                ready.lanes
+        match first {
+            Ok(Ok(Some(ToSupervisor::Ready(ready)))) if ready.protocol == ipc::PROTOCOL_VERSION => {
             }
             Ok(Ok(Some(ToSupervisor::StartFailed { message }))) => {
                 let _ = child.wait().await;
@@ -868,13 +781,15 @@ impl Supervisor {
             slot,
             pid,
             started,
-            lanes,
+            generation.id,
             to_worker,
             slot_state.counters.clone(),
             self.metrics.clone(),
-            self.functions.clone(),
         ));
         self.pool.install(link.clone());
+        // A redeploy finished while this worker was starting: it loads the
+        // version that is current now, then drops the one it started with.
+        self.catch_up(&link, generation.id);
         self.metrics.workers.inc();
         self.set_phase(slot_state, SlotPhase::Ready, Some(pid));
         tracing::info!(
@@ -1022,29 +937,4 @@ async fn bind(
         None => None,
     };
     Ok((listener, admin))
-}
-
-/// What a host serves, for its start-up line: the component served alone,
-/// or the app's function names.
-pub fn describe_functions(functions: &[FunctionSpec]) -> String {
-    match functions {
-        [only] if only.route == Some(crate::app::Route::everything()) => {
-            only.component.display().to_string()
-        }
-        _ => format!(
-            "functions {}",
-            functions
-                .iter()
-                .map(|function| match (&function.route, &function.queue) {
-                    (Some(route), Some(queue)) => {
-                        format!("{} ({route}, queue {})", function.name, queue.name())
-                    }
-                    (Some(route), None) => format!("{} ({route})", function.name),
-                    (None, Some(queue)) => format!("{} (queue {})", function.name, queue.name()),
-                    (None, None) => function.name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }

@@ -45,27 +45,34 @@ pub struct SlotCounters {
     pub restarts: AtomicU64,
 }
 
-/// One function's name and counts, shared by every worker's link.
+/// One function of one app version: its name and lane (the metrics'
+/// labels) and its counts, shared by every worker's link.
 #[derive(Debug)]
-pub struct FunctionCounters {
-    /// The function's name (the metrics' `function` label).
+pub struct FunctionLive {
+    /// The function's name.
     pub name: Arc<str>,
+    /// The lane it runs in.
+    pub lane: Lane,
     /// Invocations finished, any outcome.
     pub completed: AtomicU64,
     /// Of those, the ones that failed.
     pub failures: AtomicU64,
 }
 
-impl FunctionCounters {
-    /// Zeroed counters for function `name`.
-    pub fn new(name: &str) -> Self {
+impl FunctionLive {
+    /// Zeroed counts for function `name`, running in `lane`.
+    pub fn new(name: &str, lane: Lane) -> Self {
         Self {
             name: name.into(),
+            lane,
             completed: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
     }
 }
+
+/// What a worker answered to loading an app version.
+pub type LoadResult = Result<(), String>;
 
 /// A response head on its way from the reader to the waiting dispatch.
 type HeadResult = Result<http::Response<Body>, InvocationError>;
@@ -73,14 +80,14 @@ type HeadResult = Result<http::Response<Body>, InvocationError>;
 struct PendingQueue {
     reply: oneshot::Sender<QueueResult>,
     started: Instant,
-    function: u32,
+    function: Arc<FunctionLive>,
 }
 
 struct Pending {
     head: Option<oneshot::Sender<HeadResult>>,
     body: Option<mpsc::UnboundedSender<Result<Bytes, BodyError>>>,
     started: Instant,
-    function: u32,
+    function: Arc<FunctionLive>,
 }
 
 /// The supervisor's side of one live worker process.
@@ -91,8 +98,6 @@ pub struct WorkerLink {
     pub pid: u32,
     /// When the process started.
     pub started: Instant,
-    /// The lane each function runs in, by function index.
-    pub lanes: Vec<Lane>,
     to_worker: mpsc::UnboundedSender<ToWorker>,
     pending: Mutex<HashMap<u64, Pending>>,
     queue_pending: Mutex<HashMap<u64, PendingQueue>>,
@@ -103,7 +108,10 @@ pub struct WorkerLink {
     guest_output_dropped: AtomicU64,
     counters: Arc<SlotCounters>,
     metrics: Arc<Metrics>,
-    functions: Arc<[FunctionCounters]>,
+    /// The app versions the worker has loaded.
+    loaded: Mutex<std::collections::HashSet<u64>>,
+    /// Who waits for the worker's answer to loading a version.
+    load_waiters: Mutex<HashMap<u64, oneshot::Sender<LoadResult>>>,
     lost: AtomicBool,
     gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
@@ -117,17 +125,15 @@ impl WorkerLink {
         slot: usize,
         pid: u32,
         started: Instant,
-        lanes: Vec<Lane>,
+        generation: u64,
         to_worker: mpsc::UnboundedSender<ToWorker>,
         counters: Arc<SlotCounters>,
         metrics: Arc<Metrics>,
-        functions: Arc<[FunctionCounters]>,
     ) -> Self {
         Self {
             slot,
             pid,
             started,
-            lanes,
             to_worker,
             pending: Mutex::new(HashMap::new()),
             queue_pending: Mutex::new(HashMap::new()),
@@ -138,7 +144,8 @@ impl WorkerLink {
             guest_output_dropped: AtomicU64::new(0),
             counters,
             metrics,
-            functions,
+            loaded: Mutex::new([generation].into()),
+            load_waiters: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             gone: tokio::sync::watch::channel(false).0,
             overran: AtomicBool::new(false),
@@ -165,6 +172,37 @@ impl WorkerLink {
     /// Resolves when the link asks its slot to kill the process.
     pub async fn recycle_requested(&self) {
         self.recycle.notified().await;
+    }
+
+    /// Asks the worker to load app version `generation` next to what it
+    /// runs; resolves with its answer (an error if it is lost first).
+    pub fn load(
+        &self,
+        generation: u64,
+        functions: Vec<ipc::FunctionInit>,
+    ) -> oneshot::Receiver<LoadResult> {
+        let (sender, receiver) = oneshot::channel();
+        self.load_waiters
+            .lock()
+            .expect("load waiters")
+            .insert(generation, sender);
+        let _ = self.to_worker.send(ToWorker::Load {
+            generation,
+            functions,
+        });
+        receiver
+    }
+
+    /// Whether the worker has app version `generation` loaded.
+    pub fn has_loaded(&self, generation: u64) -> bool {
+        self.loaded.lock().expect("loaded").contains(&generation)
+    }
+
+    /// Tells the worker no new invocation of version `generation` will
+    /// come: it drops that version once its in-flight invocations finish.
+    pub fn release(&self, generation: u64) {
+        self.loaded.lock().expect("loaded").remove(&generation);
+        let _ = self.to_worker.send(ToWorker::Release { generation });
     }
 
     /// Asks the worker to finish and exit.
@@ -259,7 +297,7 @@ impl WorkerLink {
             ToSupervisor::Failed { id, kind, detail } => {
                 let entry = self.take(id);
                 if let Some(mut entry) = entry {
-                    self.count(kind.as_str(), entry.started, entry.function);
+                    self.count(kind.as_str(), entry.started, &entry.function);
                     if let Some(head) = entry.head.take() {
                         let _ = head.send(Err(InvocationError::new(kind, detail)));
                     }
@@ -268,7 +306,7 @@ impl WorkerLink {
             ToSupervisor::QueueDone { id, failure } => {
                 if let Some(entry) = self.take_queue(id) {
                     let outcome = failure.as_ref().map_or("ok", |(kind, _)| kind.as_str());
-                    self.count(outcome, entry.started, entry.function);
+                    self.count(outcome, entry.started, &entry.function);
                     let result = match failure {
                         None => Ok(()),
                         Some((kind, detail)) => Err(InvocationError::new(kind, detail)),
@@ -293,6 +331,22 @@ impl WorkerLink {
                     .guest_output_dropped
                     .inc_by(new(&self.guest_output_dropped, guest_output_dropped));
             }
+            ToSupervisor::Loaded {
+                generation,
+                failure,
+            } => {
+                if failure.is_none() {
+                    self.loaded.lock().expect("loaded").insert(generation);
+                }
+                let waiter = self
+                    .load_waiters
+                    .lock()
+                    .expect("load waiters")
+                    .remove(&generation);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(failure.map_or(Ok(()), Err));
+                }
+            }
             ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
                 return Err("a start-up message from a running worker".to_string());
             }
@@ -303,7 +357,11 @@ impl WorkerLink {
     /// Registers an invocation before its head is sent; `None` if the
     /// worker is already lost (checked under the lock [`Self::lose`] takes,
     /// so no registration slips in after the pending map was failed).
-    fn register(&self, id: u64, function: u32) -> Option<oneshot::Receiver<HeadResult>> {
+    fn register(
+        &self,
+        id: u64,
+        function: Arc<FunctionLive>,
+    ) -> Option<oneshot::Receiver<HeadResult>> {
         let (head, receiver) = oneshot::channel();
         let mut pending = self.pending.lock().expect("pending map");
         if self.is_lost() {
@@ -325,7 +383,11 @@ impl WorkerLink {
 
     /// Registers a queue invocation before it is sent; `None` if the worker
     /// is already lost.
-    fn register_queue(&self, id: u64, function: u32) -> Option<oneshot::Receiver<QueueResult>> {
+    fn register_queue(
+        &self,
+        id: u64,
+        function: Arc<FunctionLive>,
+    ) -> Option<oneshot::Receiver<QueueResult>> {
         let (reply, receiver) = oneshot::channel();
         let mut pending = self.queue_pending.lock().expect("queue pending map");
         if self.is_lost() {
@@ -374,27 +436,24 @@ impl WorkerLink {
         entry
     }
 
-    fn count(&self, outcome: &str, started: Instant, function: u32) {
+    fn count(&self, outcome: &str, started: Instant, function: &FunctionLive) {
         let failed = outcome != "ok" && outcome != "cancelled";
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let index = function as usize;
-        if let (Some(counts), Some(&lane)) = (self.functions.get(index), self.lanes.get(index)) {
-            counts.completed.fetch_add(1, Ordering::Relaxed);
-            if failed {
-                counts.failures.fetch_add(1, Ordering::Relaxed);
-            }
-            self.metrics
-                .record(&counts.name, lane, outcome, started.elapsed());
+        function.completed.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            function.failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics
+            .record(&function.name, function.lane, outcome, started.elapsed());
     }
 
     /// Ends an invocation whose response was streaming.
     fn finish(&self, id: u64, outcome: &str, error: Option<BodyError>) {
         if let Some(entry) = self.take(id) {
-            self.count(outcome, entry.started, entry.function);
+            self.count(outcome, entry.started, &entry.function);
             if let (Some(body), Some(error)) = (entry.body, error) {
                 let _ = body.send(Err(error));
             }
@@ -404,7 +463,7 @@ impl WorkerLink {
     /// The client went away: stop the invocation in the worker.
     fn cancel(&self, id: u64) {
         if let Some(entry) = self.take(id) {
-            self.count("cancelled", entry.started, entry.function);
+            self.count("cancelled", entry.started, &entry.function);
             let _ = self.to_worker.send(ToWorker::Cancel { id });
         }
     }
@@ -413,10 +472,18 @@ impl WorkerLink {
     /// as a timeout and have the slot kill the worker.
     fn overrun(&self, id: u64) {
         if let Some(entry) = self.take(id) {
-            self.count(FailureKind::Timeout.as_str(), entry.started, entry.function);
+            self.count(
+                FailureKind::Timeout.as_str(),
+                entry.started,
+                &entry.function,
+            );
         }
         if let Some(entry) = self.take_queue(id) {
-            self.count(FailureKind::Timeout.as_str(), entry.started, entry.function);
+            self.count(
+                FailureKind::Timeout.as_str(),
+                entry.started,
+                &entry.function,
+            );
         }
         self.overran.store(true, Ordering::Relaxed);
         self.recycle.notify_one();
@@ -425,6 +492,8 @@ impl WorkerLink {
     /// The worker is gone: fail everything pending on it with `worker-lost`.
     pub fn lose(&self) {
         self.lose_queue();
+        // Whoever waits for a version to load hears that it will not.
+        self.load_waiters.lock().expect("load waiters").clear();
         let drained: Vec<(u64, Pending)> = {
             let mut pending = self.pending.lock().expect("pending map");
             self.lost.store(true, Ordering::Relaxed);
@@ -436,7 +505,7 @@ impl WorkerLink {
             self.count(
                 FailureKind::WorkerLost.as_str(),
                 entry.started,
-                entry.function,
+                &entry.function,
             );
             let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
             if let Some(head) = entry.head.take() {
@@ -461,7 +530,7 @@ impl WorkerLink {
             self.count(
                 FailureKind::WorkerLost.as_str(),
                 entry.started,
-                entry.function,
+                &entry.function,
             );
             let detail = format!("worker {} (pid {}) exited", self.slot, self.pid);
             let _ = entry
@@ -559,14 +628,15 @@ impl WorkerPool {
             .sum()
     }
 
-    /// The ready worker with the fewest invocations in flight; among
+    /// The ready worker with app version `generation` loaded and the
+    /// fewest invocations in flight; among
     /// equals, the one sent the fewest so far, so uniform load spreads
     /// evenly even when one worker answers a little faster.
-    fn pick(&self) -> Option<Arc<WorkerLink>> {
+    fn pick(&self, generation: u64) -> Option<Arc<WorkerLink>> {
         let links = self.links.read().expect("pool");
         let best = links
             .iter()
-            .filter(|link| !link.is_lost())
+            .filter(|link| !link.is_lost() && link.has_loaded(generation))
             .min_by_key(|link| (link.in_flight(), link.dispatched.load(Ordering::Relaxed)))?;
         best.dispatched.fetch_add(1, Ordering::Relaxed);
         Some(best.clone())
@@ -576,7 +646,7 @@ impl WorkerPool {
 /// Runs one invocation on `link` (none: no worker is ready).
 async fn run(
     link: Option<Arc<WorkerLink>>,
-    function: u32,
+    target: Target,
     deadline: Duration,
     invocation: HttpInvocation,
 ) -> DispatchResult {
@@ -590,7 +660,7 @@ async fn run(
     let (parts, body) = invocation.request.into_parts();
     let body_empty = body.is_end_stream();
     let body_length = body.size_hint().exact();
-    let Some(head) = link.register(id, function) else {
+    let Some(head) = link.register(id, target.live) else {
         return Err(link.gone_error());
     };
     let mut guard = CancelOnDrop {
@@ -600,7 +670,8 @@ async fn run(
     };
     let sent = link.to_worker.send(ToWorker::Invoke(Box::new(InvokeHead {
         id,
-        function,
+        generation: target.generation,
+        function: target.function,
         method: parts.method.as_str().to_string(),
         uri: parts.uri.to_string(),
         headers: ipc::headers_to_wire(&parts.headers),
@@ -687,22 +758,41 @@ async fn send_request_body(link: Arc<WorkerLink>, id: u64, mut body: Body) {
     }
 }
 
-/// One function's invocations, sent to the pool's workers with the
-/// function's index.
+/// One function of one app version: where its invocations go.
+#[derive(Clone)]
+struct Target {
+    generation: u64,
+    function: u32,
+    live: Arc<FunctionLive>,
+}
+
+/// One function's invocations, sent to the pool's workers that have its
+/// app version loaded, with the version and the function's index.
 pub struct FunctionPool {
     pool: Arc<WorkerPool>,
-    function: u32,
+    target: Target,
     deadline: Duration,
 }
 
 impl FunctionPool {
-    /// The invocations of function `function` (its index in the app),
-    /// whose `timeout` is `timeout`: running longer than that plus
-    /// [`OVERRUN_GRACE`] recycles their worker.
-    pub fn new(pool: Arc<WorkerPool>, function: u32, timeout: Duration) -> Self {
+    /// The invocations of function `function` (its index in app version
+    /// `generation`), counted in `live`, whose `timeout` is `timeout`:
+    /// running longer than that plus [`OVERRUN_GRACE`] recycles their
+    /// worker.
+    pub fn new(
+        pool: Arc<WorkerPool>,
+        generation: u64,
+        function: u32,
+        live: Arc<FunctionLive>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             pool,
-            function,
+            target: Target {
+                generation,
+                function,
+                live,
+            },
             deadline: timeout + OVERRUN_GRACE,
         }
     }
@@ -713,21 +803,18 @@ impl Dispatch for FunctionPool {
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        Box::pin(run(
-            self.pool.pick(),
-            self.function,
-            self.deadline,
-            invocation,
-        ))
+        let link = self.pool.pick(self.target.generation);
+        Box::pin(run(link, self.target.clone(), self.deadline, invocation))
     }
 
     fn dispatch_queue(
         &self,
         invocation: QueueInvocation,
     ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        let link = self.pool.pick(self.target.generation);
         Box::pin(run_queue(
-            self.pool.pick(),
-            self.function,
+            link,
+            self.target.clone(),
             self.deadline,
             invocation,
         ))
@@ -737,7 +824,7 @@ impl Dispatch for FunctionPool {
 /// Runs one queue message on `link` (none: no worker is ready).
 async fn run_queue(
     link: Option<Arc<WorkerLink>>,
-    function: u32,
+    target: Target,
     deadline: Duration,
     invocation: QueueInvocation,
 ) -> QueueResult {
@@ -748,12 +835,13 @@ async fn run_queue(
         ));
     };
     let id = invocation.id.to_u64();
-    let Some(reply) = link.register_queue(id, function) else {
+    let Some(reply) = link.register_queue(id, target.live) else {
         return Err(link.gone_error());
     };
     let sent = link.to_worker.send(ToWorker::InvokeQueue {
         id,
-        function,
+        generation: target.generation,
+        function: target.function,
         message: invocation.message,
     });
     if sent.is_err() {

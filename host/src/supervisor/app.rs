@@ -1,0 +1,245 @@
+//! The app as the supervisor serves it: numbered versions (a redeploy
+//! makes the next one), the current one swapped atomically, and what
+//! `GET /functions` shows.
+
+use super::pool::{FunctionLive, FunctionPool, WorkerPool};
+use crate::app::{AppDispatch, FunctionSpec};
+use crate::config::Lane;
+use crate::invocation::{Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult};
+use crate::ipc::FunctionInit;
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+/// One version of the app: its functions, their routing and counts.
+pub struct Generation {
+    /// The version's number, counted from 1 for the app the host started with.
+    pub id: u64,
+    /// Its functions.
+    pub functions: Vec<FunctionSpec>,
+    /// Each function's lane and counts.
+    pub live: Vec<Arc<FunctionLive>>,
+    /// Each function's component version (first 12 hex digits of its SHA-256).
+    pub versions: Vec<String>,
+    /// Routes its invocations to the workers that have it loaded.
+    pub app: Arc<AppDispatch>,
+}
+
+impl Generation {
+    /// Version `id` of the app: reads each component (the size and memory
+    /// caps, its lane marker, its hash) and builds the routing. Errors are
+    /// one line naming the file or the routes.
+    pub fn new(
+        id: u64,
+        functions: Vec<FunctionSpec>,
+        pool: &Arc<WorkerPool>,
+    ) -> anyhow::Result<Self> {
+        let mut live = Vec::with_capacity(functions.len());
+        let mut versions = Vec::with_capacity(functions.len());
+        for function in &functions {
+            let file = crate::component::read_checked(
+                &function.component,
+                function.config.max_component_size,
+                function.config.invocation.max_memory,
+            )?;
+            let lane = if file.wasip3 {
+                Lane::Async
+            } else {
+                function.config.execution.mode.resolve(file.lane_marker)
+            };
+            live.push(Arc::new(FunctionLive::new(&function.name, lane)));
+            versions.push(crate::app::content_version(&file.bytes));
+        }
+        let app = crate::app::app_dispatch(&functions, |index, function| {
+            Arc::new(FunctionPool::new(
+                pool.clone(),
+                id,
+                index as u32,
+                live[index].clone(),
+                function.config.invocation.timeout,
+            ))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self {
+            id,
+            functions,
+            live,
+            versions,
+            app: Arc::new(app),
+        })
+    }
+
+    /// What a worker needs to load this version.
+    pub fn inits(&self) -> Vec<FunctionInit> {
+        self.functions
+            .iter()
+            .map(|function| FunctionInit {
+                name: function.name.clone(),
+                component: function.component.clone(),
+                config: function.config.clone(),
+                http_bound: function.needs_http(),
+                queue_bound: function.queue.is_some(),
+            })
+            .collect()
+    }
+
+    /// One row per function for `GET /functions`.
+    pub fn status(&self) -> Vec<FunctionStatus> {
+        self.functions
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let live = &self.live[index];
+                let execution = &spec.config.execution;
+                FunctionStatus {
+                    name: spec.name.clone(),
+                    app_version: self.id,
+                    component: spec.component.display().to_string(),
+                    version: self.versions[index].clone(),
+                    route: spec.route.as_ref().map(ToString::to_string),
+                    queue: spec.queue.as_ref().map(|q| q.name().to_string()),
+                    lane: live.lane.to_string(),
+                    settings: FunctionSettingsView {
+                        mode: format!("{:?}", execution.mode).to_lowercase(),
+                        timeout_ms: spec.config.invocation.timeout.as_millis() as u64,
+                        max_memory: spec.config.invocation.max_memory,
+                        max_fuel: execution.max_fuel,
+                        threads: execution.threads,
+                        instance_reuse: execution.instance_reuse,
+                        max_concurrent: spec.max_concurrent,
+                    },
+                    running: self.app.running(index),
+                    completed: live.completed.load(Ordering::Relaxed),
+                    failures: live.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The version new invocations go to; a redeploy replaces it.
+pub struct Current(RwLock<Arc<Generation>>);
+
+impl Current {
+    /// Starts at `generation`.
+    pub fn new(generation: Arc<Generation>) -> Self {
+        Self(RwLock::new(generation))
+    }
+
+    /// The current version.
+    pub fn get(&self) -> Arc<Generation> {
+        self.0.read().expect("current version").clone()
+    }
+
+    /// Makes `generation` current; returns the one it replaces.
+    pub fn replace(&self, generation: Arc<Generation>) -> Arc<Generation> {
+        std::mem::replace(&mut *self.0.write().expect("current version"), generation)
+    }
+}
+
+/// The supervisor's dispatch: each invocation goes to the version current
+/// when it arrives, which it holds until its response head (so a retired
+/// version is released only once nothing can send it new work).
+pub struct CurrentDispatch(pub Arc<Current>);
+
+impl Dispatch for CurrentDispatch {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let generation = self.0.get();
+        let call = generation.app.dispatch_http(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(generation);
+            result
+        })
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        let generation = self.0.get();
+        let call = generation.app.dispatch_queue(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(generation);
+            result
+        })
+    }
+}
+
+/// A row of `GET /functions`.
+#[derive(Debug, Serialize)]
+pub struct FunctionStatus {
+    /// The function's name.
+    pub name: String,
+    /// The app version it belongs to (1 at start, one more per redeploy).
+    pub app_version: u64,
+    /// Its component file.
+    pub component: String,
+    /// The component's version: the first 12 hex digits of its SHA-256.
+    pub version: String,
+    /// Its HTTP route, if any.
+    pub route: Option<String>,
+    /// The queue that feeds it, if any.
+    pub queue: Option<String>,
+    /// The lane it runs in.
+    pub lane: String,
+    /// Its settings.
+    pub settings: FunctionSettingsView,
+    /// Invocations holding a slot of its `max_concurrent` cap now (`None`
+    /// without a cap).
+    pub running: Option<usize>,
+    /// Invocations of this version finished, any outcome, across workers.
+    pub completed: u64,
+    /// Of those, the ones that failed.
+    pub failures: u64,
+}
+
+/// The settings `GET /functions` shows for a function.
+#[derive(Debug, Serialize)]
+pub struct FunctionSettingsView {
+    /// `mode`: auto, async or sync.
+    pub mode: String,
+    /// `timeout` in milliseconds.
+    pub timeout_ms: u64,
+    /// `max_memory` in bytes.
+    pub max_memory: u64,
+    /// `max_fuel`, if set.
+    pub max_fuel: Option<u64>,
+    /// Sync-lane threads.
+    pub threads: usize,
+    /// `instance_reuse`, if set.
+    pub instance_reuse: Option<u32>,
+    /// `max_concurrent`, if set.
+    pub max_concurrent: Option<usize>,
+}
+
+/// What a host serves, for its start-up line: the component served alone,
+/// or the app's function names.
+pub fn describe_functions(functions: &[FunctionSpec]) -> String {
+    match functions {
+        [only] if only.route == Some(crate::app::Route::everything()) => {
+            only.component.display().to_string()
+        }
+        _ => format!(
+            "functions {}",
+            functions
+                .iter()
+                .map(|function| match (&function.route, &function.queue) {
+                    (Some(route), Some(queue)) => {
+                        format!("{} ({route}, queue {})", function.name, queue.name())
+                    }
+                    (Some(route), None) => format!("{} ({route})", function.name),
+                    (None, Some(queue)) => format!("{} (queue {})", function.name, queue.name()),
+                    (None, None) => function.name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
