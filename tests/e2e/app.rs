@@ -203,3 +203,68 @@ fn serve_without_an_argument_reads_fnhost_toml_here() {
     let response = client().get(server.url("/anything")).send().unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[test]
+fn one_functions_failures_stay_its_own_and_a_lost_worker_names_them() {
+    let path = manifest(
+        "app-isolation",
+        &format!(
+            "manifest_version = 1\n\n[[function]]\nname = \"hello\"\ncomponent = {}\nroute = \"/hello\"\n\n[[function]]\nname = \"trap\"\ncomponent = {}\nroute = \"/trap/...\"\n\n[[function]]\nname = \"slow\"\ncomponent = {}\nroute = \"/slow\"\n",
+            quoted(&example("hello")),
+            quoted(&example("trap")),
+            quoted(&example("sleep")),
+        ),
+    );
+    let server = Server::start(&path, &["--admin", "127.0.0.1:0"]);
+    let http = client();
+    // Traps in one function, while the others keep answering.
+    for _ in 0..5 {
+        let trapped = http.get(server.url("/trap/boom")).send().unwrap();
+        assert_eq!(trapped.status(), 500);
+        assert_eq!(trapped.headers()["fnhost-error"], "trap");
+        assert_eq!(http.get(server.url("/hello")).send().unwrap().status(), 200);
+    }
+    let listed = functions(&server);
+    assert_eq!(listed["trap"]["failures"], 5);
+    assert_eq!(listed["hello"]["failures"], 0);
+
+    // A worker killed with a call of `slow` in flight fails that call with
+    // 502, and the log names the function.
+    let call = {
+        let url = server.url("/slow?ms=10000");
+        std::thread::spawn(move || client().get(url).send().unwrap())
+    };
+    crate::support::wait_until(Duration::from_secs(5), "the slow call in flight", || {
+        let workers: Vec<Value> = client()
+            .get(server.admin_url("/workers"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        workers[0]["in_flight"] == 1
+    });
+    let workers: Vec<Value> = http
+        .get(server.admin_url("/workers"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let pid = workers[0]["pid"].as_u64().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let lost = call.join().unwrap();
+    assert_eq!(lost.status(), 502);
+    server.wait_for_log("lost calls of function slow ×1", Duration::from_secs(5));
+    // The replacement serves every function again.
+    crate::support::wait_until(Duration::from_secs(30), "hello served again", || {
+        client()
+            .get(server.url("/hello"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+}
