@@ -257,6 +257,17 @@ def server_kinds(fnhost, native, wasmtime, quick):
             argv += ["--queue", extra["queue"], "--data-dir", extra["data_dir"]]
         return [*argv, str(guest_wasm(guest))]
 
+    def fnhost_app_argv(guest, port, extra):
+        # The guest as one function of a three-function app: it takes
+        # exactly `/`, beside a sleep and a cpu function on their own routes.
+        manifest = Path(tempfile.mkdtemp(prefix="fnhost-bench-app-")) / "fnhost.toml"
+        functions = [(guest, "/"), ("sleep", "/sleep"), ("cpu", "/cpu")]
+        manifest.write_text("manifest_version = 1\n" + "".join(
+            f'\n[[function]]\nname = "f{i}"\ncomponent = "{guest_wasm(name)}"\nroute = "{route}"\n'
+            for i, (name, route) in enumerate(functions)))
+        argv = fnhost_argv(guest, port, extra)
+        return [*argv[:-1], str(manifest)]
+
     def fnhost_async_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, mode="async")
 
@@ -295,6 +306,7 @@ def server_kinds(fnhost, native, wasmtime, quick):
                       "cold-start-cold-cache", "cold-start-warm-cache"}),
         ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
                    only=worker_scenarios | queue_scenarios),
+        ServerKind("fnhost-app", fnhost_app_argv, wasm_path, only={"hello", "hello-pinned"}),
     ]
     if quick:
         return kinds
@@ -769,7 +781,7 @@ def main():
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
-                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, "
+                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, fnhost-app, "
                              "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, "
                              "wasmtime-reuse, native")
     args = parser.parse_args()
