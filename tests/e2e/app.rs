@@ -224,6 +224,10 @@ fn one_functions_failures_stay_its_own_and_a_lost_worker_names_them() {
         assert_eq!(trapped.headers()["fnhost-error"], "trap");
         assert_eq!(http.get(server.url("/hello")).send().unwrap().status(), 200);
     }
+    server.wait_for_log(
+        "invocation failed: trap: function trap: ",
+        Duration::from_secs(5),
+    );
     let listed = functions(&server);
     assert_eq!(listed["trap"]["failures"], 5);
     assert_eq!(listed["hello"]["failures"], 0);

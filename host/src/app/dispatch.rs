@@ -87,8 +87,15 @@ impl Dispatch for AppDispatch {
             );
             return Box::pin(std::future::ready(Err(error)));
         };
+        let named = self.functions.len() > 1;
         let Some((semaphore, cap)) = &entry.slots else {
-            return entry.dispatch.dispatch_http(invocation);
+            let call = entry.dispatch.dispatch_http(invocation);
+            if !named {
+                return call;
+            }
+            // Among several functions, the failure's log line names it.
+            let name = entry.name.clone();
+            return Box::pin(async move { call.await.map_err(|error| named_error(&name, error)) });
         };
         let Ok(permit) = semaphore.clone().try_acquire_owned() else {
             let error = InvocationError::new(
@@ -101,8 +108,15 @@ impl Dispatch for AppDispatch {
             return Box::pin(std::future::ready(Err(error)));
         };
         let call = entry.dispatch.dispatch_http(invocation);
+        let name = entry.name.clone();
         Box::pin(async move {
-            let response = call.await?;
+            let response = call.await.map_err(|error| {
+                if named {
+                    named_error(&name, error)
+                } else {
+                    error
+                }
+            })?;
             // The slot is the function's until its response body ends.
             Ok(response.map(|inner| {
                 HoldingBody {
@@ -126,6 +140,11 @@ impl Dispatch for AppDispatch {
             )))),
         }
     }
+}
+
+/// `error` with its detail saying which function failed.
+fn named_error(function: &str, error: InvocationError) -> InvocationError {
+    InvocationError::new(error.kind, format!("function {function}: {}", error.detail))
 }
 
 /// A response body that holds its function's concurrency slot until it
