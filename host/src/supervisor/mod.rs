@@ -3,7 +3,7 @@
 //! It runs no guest code. It owns the HTTP trigger and the admin endpoint,
 //! starts `--workers N` worker processes ([`process`]), feeds them through a
 //! [`WorkerPool`] (a [`crate::Dispatch`]), and watches each slot: a worker
-//! that exits is replaced (at once the first time, then with a [`Backoff`]),
+//! that exits is replaced (at once the first time, then with a [`Backoff`](breaker::Backoff)),
 //! its in-flight invocations fail with `worker-lost`, and more than 3 × N
 //! failures within 30 minutes ([`CrashBreaker`]) mark the host unhealthy and
 //! stop it with exit code 1. On SIGTERM/SIGINT or `POST /drain` it stops
