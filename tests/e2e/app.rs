@@ -272,3 +272,23 @@ fn one_functions_failures_stay_its_own_and_a_lost_worker_names_them() {
             .is_ok_and(|r| r.status() == 200)
     });
 }
+
+#[test]
+fn a_grant_over_the_manifest_is_refused() {
+    // A guest that could rewrite the manifest could grant itself more.
+    let path = manifest("app-grant", "");
+    let dir = path.parent().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "manifest_version = 1\n\n[[function]]\nname = \"hello\"\ncomponent = {}\nroute = \"/...\"\ndir = [\"{}::/app\"]\n",
+            quoted(&example("hello")),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_fnhost(&["serve", &path.display().to_string()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("manifest"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -110,7 +110,16 @@ pub fn apply_function(
         "max_guest_output",
         s.max_guest_output
     );
-    unless_given!(explicit, command.env, "env", s.env);
+    // Variables merge by name (a function's own win over `[host]`'s);
+    // directory and origin lists replace the layer below as a whole.
+    if !explicit("env")
+        && let Some(env) = &s.env
+    {
+        for (name, value) in env {
+            command.env.retain(|(existing, _)| existing != name);
+            command.env.push((name.clone(), value.clone()));
+        }
+    }
     unless_given!(explicit, command.dir, "dir", s.dir);
     unless_given!(
         explicit,

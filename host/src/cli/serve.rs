@@ -247,12 +247,19 @@ impl ServeCommand {
                 .map(|id| id.as_str().to_string())
                 .collect(),
         );
-        let (command, functions) = self.read_app(&given)?;
+        let (command, functions) = self.read_app(&given, None)?;
         let reload = ReloadSource {
             manifest: command.manifest_path(),
             read: {
                 let original = self.clone();
-                Arc::new(move || original.read_app(&given).map(|(_, functions)| functions))
+                // The queue keeps the data folder it opened, whatever a
+                // later manifest says: grants stay away from that one.
+                let data_dir = command.data_dir.clone();
+                Arc::new(move || {
+                    original
+                        .read_app(&given, Some(&data_dir))
+                        .map(|(_, functions)| functions)
+                })
             },
         };
         command.run(functions, reload)
@@ -263,11 +270,12 @@ impl ServeCommand {
     fn read_app(
         &self,
         given: &HashSet<String>,
+        running_data_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<(ServeCommand, Vec<FunctionSpec>)> {
         let mut command = self.clone();
         let functions = command.functions(&|id| given.contains(id))?;
         for function in &functions {
-            command.refuse_unsafe_dirs(function, &functions)?;
+            command.refuse_unsafe_dirs(function, &functions, running_data_dir)?;
         }
         crate::cli::app::refuse_overlaps(&functions)?;
         Ok((command, functions))
@@ -368,15 +376,22 @@ impl ServeCommand {
         &self,
         function: &FunctionSpec,
         functions: &[FunctionSpec],
+        running_data_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<()> {
         let config = &function.config;
         let mut protected: Vec<(&std::path::Path, &str)> = functions
             .iter()
             .map(|f| (f.component.as_path(), "component file"))
             .collect();
+        // A guest that could rewrite the manifest could grant itself more.
+        let manifest = self.manifest_path();
+        if let Some(manifest) = &manifest {
+            protected.push((manifest.as_path(), "manifest"));
+        }
         // The data folder holds the embedded queue store, when there is a queue.
         if functions.iter().any(|f| f.queue.is_some()) {
             protected.push((self.data_dir.as_path(), "data folder"));
+            protected.extend(running_data_dir.map(|dir| (dir, "data folder")));
         }
         if let Some(cache) = &config.cache_dir {
             protected.push((cache.as_path(), "compile cache"));

@@ -172,6 +172,10 @@ pub struct Supervisor {
     dispatch: Arc<CurrentDispatch>,
     /// One redeploy at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// The number the next redeploy's version gets.
+    next_generation: std::sync::atomic::AtomicU64,
+    /// Every version made current, to know when one is no longer used.
+    versions: Mutex<std::collections::HashMap<u64, std::sync::Weak<Generation>>>,
     serving: AtomicBool,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
@@ -203,6 +207,7 @@ impl Supervisor {
             config.functions.clone(),
             &pool,
         )?)));
+        let first_version = Arc::downgrade(&current.get());
         let queue = match &config.queue {
             Some(binding) => Some(
                 Queue::open(&binding.spec, &binding.data_dir)
@@ -224,6 +229,8 @@ impl Supervisor {
             dispatch: Arc::new(CurrentDispatch(current.clone())),
             current,
             reloading: tokio::sync::Mutex::new(()),
+            next_generation: std::sync::atomic::AtomicU64::new(2),
+            versions: Mutex::new([(1, first_version)].into()),
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -507,6 +514,9 @@ impl Supervisor {
 
     /// Starts the drain (as `POST /drain` does).
     pub fn request_drain(&self) {
+        // Not ready from this moment, not once the trigger task has woken:
+        // a `GET /ready` right after the 202 must see it.
+        self.draining.store(true, Ordering::Relaxed);
         self.drain.notify_one();
     }
 

@@ -11,7 +11,8 @@ use super::app::Generation;
 use super::pool::WorkerLink;
 use crate::app::FunctionSpec;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Quiet time after a file change before `--watch` redeploys (editors and
@@ -52,7 +53,9 @@ impl Supervisor {
             .clone()
             .ok_or_else(|| "this host cannot reload".to_string())?;
         let old = self.current.get();
-        let id = old.id + 1;
+        // Never reused: a late answer about a refused version cannot be
+        // taken for the next one.
+        let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let pool = self.pool.clone();
         let generation = tokio::task::spawn_blocking(move || {
             let functions = (source.read)()?;
@@ -67,31 +70,51 @@ impl Supervisor {
             );
         }
         let generation = Arc::new(generation);
-        let links = self.pool.links();
-        let inits = generation.inits();
-        let answers: Vec<_> = links
-            .iter()
-            .map(|link| (link.clone(), link.load(id, inits.clone())))
+        let links: Vec<_> = self
+            .pool
+            .links()
+            .into_iter()
+            .filter(|link| !link.is_lost())
             .collect();
-        for (link, answer) in answers {
-            let failure = match tokio::time::timeout(super::WORKER_START_TIMEOUT, answer).await {
-                Ok(Ok(Ok(()))) => None,
-                Ok(Ok(Err(message))) => Some(message),
-                // Lost meanwhile: its replacement starts with what is current.
-                Ok(Err(_)) => None,
-                Err(_) => Some(format!(
-                    "worker {} did not load it within {} s",
-                    link.slot,
-                    super::WORKER_START_TIMEOUT.as_secs()
-                )),
-            };
-            if let Some(message) = failure {
-                for link in &links {
-                    link.release(id);
-                }
-                return Err(message);
-            }
+        if links.is_empty() {
+            return Err("no worker is ready to load it; the running version stays".into());
         }
+        let inits = generation.inits();
+        let answers = links.iter().map(|link| {
+            let answer = link.load(id, inits.clone());
+            async move {
+                match answer.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(message)) => Err(message),
+                    Err(_) => Err(format!(
+                        "worker {} (pid {}) was lost while loading it",
+                        link.slot, link.pid
+                    )),
+                }
+            }
+        });
+        let outcome = tokio::time::timeout(
+            super::WORKER_START_TIMEOUT,
+            futures_util::future::join_all(answers),
+        )
+        .await;
+        let failure = match outcome {
+            Err(_) => Some(format!(
+                "the workers did not load it within {} s",
+                super::WORKER_START_TIMEOUT.as_secs()
+            )),
+            Ok(results) => results.into_iter().find_map(Result::err),
+        };
+        if let Some(message) = failure {
+            for link in &links {
+                link.release(id);
+            }
+            return Err(message);
+        }
+        self.versions
+            .lock()
+            .expect("versions")
+            .insert(id, Arc::downgrade(&generation));
         let old = self.current.replace(generation.clone());
         tracing::info!(
             "redeployed: app version {id} ({}) is serving; version {} finishes what it runs",
@@ -104,7 +127,9 @@ impl Supervisor {
                 self.catch_up(&link, old.id);
             }
         }
-        tokio::spawn(release_when_unused(old, self.pool.clone()));
+        let retired = (old.id, Arc::downgrade(&old));
+        drop(old);
+        tokio::spawn(release_when_unused(retired, self.pool.clone(), None));
         Ok(id)
     }
 
@@ -125,9 +150,19 @@ impl Supervisor {
         }
         let answer = link.load(current.id, current.inits());
         let link = link.clone();
+        let retired = self
+            .versions
+            .lock()
+            .expect("versions")
+            .get(&started_with)
+            .cloned()
+            .unwrap_or_default();
+        let pool = self.pool.clone();
         tokio::spawn(async move {
             match answer.await {
-                Ok(Ok(())) => link.release(started_with),
+                Ok(Ok(())) => {
+                    release_when_unused((started_with, retired), pool, Some(link)).await;
+                }
                 Ok(Err(message)) => tracing::error!(
                     "worker {} cannot load app version {}: {message}",
                     link.slot,
@@ -239,16 +274,26 @@ fn queues(functions: &[FunctionSpec]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Tells every worker to drop version `old` once no invocation that picked
-/// it before the switch is still on its way to a worker.
-async fn release_when_unused(old: Arc<Generation>, pool: Arc<super::pool::WorkerPool>) {
+/// Tells the workers (every one, or `only` that one) to drop version
+/// `retired` once no invocation that picked it before the switch is still
+/// on its way to a worker: each holds the version until its response head.
+async fn release_when_unused(
+    retired: (u64, Weak<Generation>),
+    pool: Arc<super::pool::WorkerPool>,
+    only: Option<Arc<WorkerLink>>,
+) {
+    let (id, version) = retired;
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
-    while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
+    while version.strong_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for link in pool.links() {
-        if link.has_loaded(old.id) {
-            link.release(old.id);
+    let links = match only {
+        Some(link) => vec![link],
+        None => pool.links(),
+    };
+    for link in links {
+        if link.has_loaded(id) {
+            link.release(id);
         }
     }
 }

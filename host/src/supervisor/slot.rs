@@ -194,12 +194,17 @@ impl Supervisor {
         let mut reader = ipc::reader::<_, ToSupervisor>(read_half);
         let workers = self.active_slots().len().max(1);
         let cores = crate::config::cores();
-        let generation = self.current.get();
+        // The version's number only: holding the version itself would keep
+        // it from being released after a redeploy.
+        let (generation, functions) = {
+            let current = self.current.get();
+            (current.id, current.inits())
+        };
         let _ = to_worker.send(ToWorker::Init(Box::new(WorkerInit {
             protocol: ipc::PROTOCOL_VERSION,
             slot,
-            generation: generation.id,
-            functions: generation.inits(),
+            generation,
+            functions,
             runtime_threads: (cores / workers).max(1),
             log_filter: self.config.log_filter.clone(),
         })));
@@ -238,7 +243,7 @@ impl Supervisor {
             slot,
             pid,
             started,
-            generation.id,
+            generation,
             to_worker,
             slot_state.counters.clone(),
             self.metrics.clone(),
@@ -246,7 +251,7 @@ impl Supervisor {
         self.pool.install(link.clone());
         // A redeploy finished while this worker was starting: it loads the
         // version that is current now, then drops the one it started with.
-        self.catch_up(&link, generation.id);
+        self.catch_up(&link, generation);
         self.metrics.workers.inc();
         self.set_phase(slot_state, SlotPhase::Ready, Some(pid));
         tracing::info!(

@@ -180,10 +180,15 @@ impl WorkerLink {
         functions: Vec<ipc::FunctionInit>,
     ) -> oneshot::Receiver<LoadResult> {
         let (sender, receiver) = oneshot::channel();
-        self.load_waiters
-            .lock()
-            .expect("load waiters")
-            .insert(generation, sender);
+        {
+            // Checked under the lock `lose` clears: a lost worker's waiter
+            // is dropped at once, so the caller hears it will not load.
+            let mut waiters = self.load_waiters.lock().expect("load waiters");
+            if self.is_lost() {
+                return receiver;
+            }
+            waiters.insert(generation, sender);
+        }
         let _ = self.to_worker.send(ToWorker::Load {
             generation,
             functions,
@@ -200,6 +205,10 @@ impl WorkerLink {
     /// come: it drops that version once its in-flight invocations finish.
     pub fn release(&self, generation: u64) {
         self.loaded.lock().expect("loaded").remove(&generation);
+        self.load_waiters
+            .lock()
+            .expect("load waiters")
+            .remove(&generation);
         let _ = self.to_worker.send(ToWorker::Release { generation });
     }
 
@@ -333,16 +342,24 @@ impl WorkerLink {
                 generation,
                 failure,
             } => {
-                if failure.is_none() {
-                    self.loaded.lock().expect("loaded").insert(generation);
-                }
                 let waiter = self
                     .load_waiters
                     .lock()
                     .expect("load waiters")
                     .remove(&generation);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(failure.map_or(Ok(()), Err));
+                match waiter {
+                    Some(waiter) => {
+                        if failure.is_none() {
+                            self.loaded.lock().expect("loaded").insert(generation);
+                        }
+                        let _ = waiter.send(failure.map_or(Ok(()), Err));
+                    }
+                    // Nobody waits any more (the redeploy gave up on it):
+                    // the worker must not keep it.
+                    None if failure.is_none() => {
+                        let _ = self.to_worker.send(ToWorker::Release { generation });
+                    }
+                    None => {}
                 }
             }
             ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
@@ -560,7 +577,8 @@ impl WorkerLink {
         )
     }
 
-    fn is_lost(&self) -> bool {
+    /// Whether the worker is gone (nothing sent to it will be answered).
+    pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
 }
