@@ -271,6 +271,9 @@ def server_kinds(fnhost, native, wasmtime, quick):
     def fnhost_async_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, mode="async")
 
+    def fnhost_sync_argv(guest, port, extra):
+        return fnhost_argv(guest, port, extra, mode="sync")
+
     def fnhost_in_process_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, in_process=True)
 
@@ -314,6 +317,11 @@ def server_kinds(fnhost, native, wasmtime, quick):
         ServerKind("fnhost-4-workers", fnhost_workers_argv(4), wasm_path, only=worker_scenarios),
         ServerKind("fnhost-async", fnhost_async_argv, wasm_path,
                    only={"hello-pinned", "hello", "cpu"}),
+        # An unmarked WASIp2 guest forced into the sync lane (no fuel
+        # metering, a thread per call): what the async lane's yield points
+        # cost a guest that never waits.
+        ServerKind("fnhost-sync", fnhost_sync_argv, wasm_path,
+                   only={"python-raw-hello", "plain-hello", "js-hello"}),
     ]
 
     def wasmtime_features(guest):
@@ -781,7 +789,7 @@ def main():
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
-                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, fnhost-app, "
+                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, fnhost-app, fnhost-sync, "
                              "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, "
                              "wasmtime-reuse, native")
     args = parser.parse_args()
