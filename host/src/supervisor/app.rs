@@ -177,7 +177,8 @@ impl Dispatch for CurrentDispatch {
 pub struct FunctionStatus {
     /// The function's name.
     pub name: String,
-    /// The app version it belongs to (1 at start, one more per redeploy).
+    /// The app version it belongs to (1 at start; each redeploy attempt
+    /// takes the next number, so a refused one leaves a gap).
     pub app_version: u64,
     /// Its component file.
     pub component: String,

@@ -148,7 +148,8 @@ impl Supervisor {
         if current.id == started_with {
             return;
         }
-        let answer = link.load(current.id, current.inits());
+        let (current, inits) = (current.id, current.inits());
+        let answer = link.load(current, inits);
         let link = link.clone();
         let retired = self
             .versions
@@ -163,11 +164,15 @@ impl Supervisor {
                 Ok(Ok(())) => {
                     release_when_unused((started_with, retired), pool, Some(link)).await;
                 }
-                Ok(Err(message)) => tracing::error!(
-                    "worker {} cannot load app version {}: {message}",
-                    link.slot,
-                    current.id
-                ),
+                Ok(Err(message)) => {
+                    // It would never be picked again: replace it, and its
+                    // replacement starts on the current version.
+                    tracing::error!(
+                        "worker {} cannot load app version {current}: {message}; replacing it",
+                        link.slot
+                    );
+                    link.recycle();
+                }
                 Err(_) => {}
             }
         });

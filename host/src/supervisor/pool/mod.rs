@@ -167,6 +167,11 @@ impl WorkerLink {
         self.overran.load(Ordering::Relaxed)
     }
 
+    /// Asks the worker's slot to kill and replace it.
+    pub fn recycle(&self) {
+        self.recycle.notify_one();
+    }
+
     /// Resolves when the link asks its slot to kill the process.
     pub async fn recycle_requested(&self) {
         self.recycle.notified().await;
@@ -184,7 +189,11 @@ impl WorkerLink {
             // Checked under the lock `lose` clears: a lost worker's waiter
             // is dropped at once, so the caller hears it will not load.
             let mut waiters = self.load_waiters.lock().expect("load waiters");
-            if self.is_lost() {
+            // Lost, or asked already (a redeploy and a worker's catch-up
+            // can both ask): the receiver closes, and the one asking first
+            // hears the answer. A second Load would make a second Loaded
+            // that nobody waits for, and so a Release of a version in use.
+            if self.is_lost() || waiters.contains_key(&generation) || self.has_loaded(generation) {
                 return receiver;
             }
             waiters.insert(generation, sender);
@@ -356,7 +365,7 @@ impl WorkerLink {
                     }
                     // Nobody waits any more (the redeploy gave up on it):
                     // the worker must not keep it.
-                    None if failure.is_none() => {
+                    None if failure.is_none() && !self.has_loaded(generation) => {
                         let _ = self.to_worker.send(ToWorker::Release { generation });
                     }
                     None => {}
