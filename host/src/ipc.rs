@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -241,6 +241,8 @@ pub enum ToSupervisor {
         async_stalls: u64,
         /// Guest output lines the worker dropped since it started.
         guest_output_dropped: u64,
+        /// Each loaded function's costs so far (cumulative).
+        profiles: Vec<FunctionProfile>,
     },
     /// A queue invocation finished.
     QueueDone {
@@ -249,6 +251,17 @@ pub enum ToSupervisor {
         /// `None` on success, else the failure class and its detail.
         failure: Option<(FailureKind, String)>,
     },
+}
+
+/// One function's cumulative costs in a worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FunctionProfile {
+    /// The app version.
+    pub generation: u64,
+    /// The function's index in it.
+    pub function: u32,
+    /// Calls, CPU and time queued so far.
+    pub profile: crate::exec::profile::ProfileSnapshot,
 }
 
 /// What a worker reports once it is ready.

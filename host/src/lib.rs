@@ -182,14 +182,17 @@ impl HostBuilder {
                     }
                 });
         let loaded = component::compile(&engine, file, cache.as_ref())?;
+        let profile = Arc::new(exec::profile::Profile::default());
         let settings = exec::ExecSettings {
             limits: self.config.invocation.clone(),
             grants: self.config.grants.clone(),
             execution: self.config.execution.clone(),
+            profile: profile.clone(),
         };
         let _entered = runtime.enter();
         let dispatch = exec::start(&engine, &loaded, lane, settings)?;
         Ok(Host {
+            profile,
             summary: LoadSummary {
                 path,
                 handler: loaded.handler,
@@ -233,6 +236,7 @@ pub struct LoadSummary {
 /// A loaded component, ready to serve.
 pub struct Host {
     config: HostConfig,
+    profile: Arc<exec::profile::Profile>,
     dispatch: Arc<dyn Dispatch>,
     summary: LoadSummary,
 }
@@ -317,6 +321,12 @@ impl Host {
             summary.allocator,
             summary.lane,
         )
+    }
+
+    /// Where this host's calls are counted (calls, CPU, time queued);
+    /// `snapshot()` reads it.
+    pub fn profile(&self) -> Arc<exec::profile::Profile> {
+        self.profile.clone()
     }
 
     /// The dispatch that runs invocations, for embedders with their own triggers.

@@ -194,18 +194,16 @@ async fn serve(
     let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
         protocol: ipc::PROTOCOL_VERSION,
     })));
+    // Each loaded version's functions' profiles, for the statistics report.
+    let profiles: Profiles = Arc::default();
+    first.publish(init.generation, &profiles);
     let stats = to_supervisor.clone();
+    let stats_profiles = profiles.clone();
     let stats_task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(STATS_INTERVAL);
         loop {
             ticker.tick().await;
-            let instances = crate::exec::live_instances();
-            let message = ToSupervisor::Stats {
-                instances,
-                async_stalls: crate::exec::async_stalls(),
-                guest_output_dropped: crate::exec::guest_output_dropped(),
-            };
-            if stats.send(message).is_err() {
+            if stats.send(stats_message(&stats_profiles)).is_err() {
                 return;
             }
         }
@@ -225,6 +223,7 @@ async fn serve(
             Some((generation, result)) = loaded.recv() => {
                 let failure = match result {
                     Ok(version) => {
+                        version.publish(generation, &profiles);
                         versions.insert(generation, version);
                         None
                     }
@@ -360,6 +359,7 @@ async fn serve(
             }
             ToWorker::Release { generation } => {
                 // In-flight invocations hold their own handles on it.
+                profiles.lock().expect("profiles").remove(&generation);
                 if versions.remove(&generation).is_some() {
                     tracing::info!("worker {}: released app version {generation}", init.slot);
                 }
@@ -379,11 +379,7 @@ async fn serve(
                 let _ = stats_task.await;
                 // The last calls' output, then the counts that include it.
                 crate::exec::flush_guest_output(Duration::from_secs(1));
-                let _ = to_supervisor.send(ToSupervisor::Stats {
-                    instances: crate::exec::live_instances(),
-                    async_stalls: crate::exec::async_stalls(),
-                    guest_output_dropped: crate::exec::guest_output_dropped(),
-                });
+                let _ = to_supervisor.send(stats_message(&profiles));
                 drop(to_supervisor);
                 drop(running);
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -402,7 +398,44 @@ struct Version {
     hosts: Vec<Host>,
 }
 
+/// The profiles of each loaded version's functions, by version.
+type Profiles = Arc<Mutex<HashMap<u64, Vec<Arc<crate::exec::profile::Profile>>>>>;
+
+/// The periodic statistics report.
+fn stats_message(profiles: &Profiles) -> ToSupervisor {
+    let profiles = profiles
+        .lock()
+        .expect("profiles")
+        .iter()
+        .flat_map(|(&generation, functions)| {
+            functions
+                .iter()
+                .enumerate()
+                .map(move |(index, profile)| ipc::FunctionProfile {
+                    generation,
+                    function: index as u32,
+                    profile: profile.snapshot(),
+                })
+        })
+        .collect();
+    ToSupervisor::Stats {
+        instances: crate::exec::live_instances(),
+        async_stalls: crate::exec::async_stalls(),
+        guest_output_dropped: crate::exec::guest_output_dropped(),
+        profiles,
+    }
+}
+
 impl Version {
+    /// Makes this version's profiles part of the statistics report.
+    fn publish(&self, generation: u64, profiles: &Profiles) {
+        let functions = self.hosts.iter().map(|host| host.profile()).collect();
+        profiles
+            .lock()
+            .expect("profiles")
+            .insert(generation, functions);
+    }
+
     /// Function `index`'s dispatch and timeout.
     fn function(&self, index: u32) -> Option<(Arc<dyn crate::Dispatch>, Duration)> {
         let host = self.hosts.get(index as usize)?;

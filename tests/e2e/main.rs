@@ -20,5 +20,6 @@ mod sandbox;
 mod serve;
 mod shutdown;
 mod start_errors;
+mod top;
 mod wasip3;
 mod workers;

@@ -4,6 +4,7 @@ mod app;
 mod check;
 mod queue;
 mod serve;
+mod top;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -25,6 +26,8 @@ enum Command {
     Check(check::CheckCommand),
     /// Send messages to a queue, or look at one.
     Queue(queue::QueueCommand),
+    /// Show what each function of a running host costs, its class and the settings advised for it.
+    Top(top::TopCommand),
     /// A worker process; started by `fnhost serve`, not by hand.
     #[command(hide = true)]
     Worker,
@@ -51,6 +54,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Check(command) => command.execute(),
         Command::Queue(command) => command.execute(),
+        Command::Top(command) => command.execute(),
     }
 }
 

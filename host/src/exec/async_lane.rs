@@ -121,8 +121,18 @@ impl Inner {
     async fn serve(self: Arc<Self>, invocation: HttpInvocation, answer: Answer) {
         let HttpInvocation { id, request } = invocation;
         let timeout = self.settings.limits.timeout;
-        let call = Fair::new(self.call(id, request, &answer), self.share.clone());
-        let outcome = match tokio::time::timeout(timeout, call).await {
+        let finished = {
+            let mut call = std::pin::pin!(Fair::new(
+                self.call(id, request, &answer),
+                self.share.clone()
+            ));
+            let finished = tokio::time::timeout(timeout, &mut call).await;
+            self.settings
+                .profile
+                .record(call.guest_time(), std::time::Duration::ZERO);
+            finished
+        };
+        let outcome = match finished {
             Ok(outcome) => outcome,
             Err(_) => Err(InvocationError::new(
                 FailureKind::Timeout,

@@ -60,6 +60,12 @@ pub struct Fair<F> {
 }
 
 impl<F: Future> Fair<F> {
+    /// Time spent inside the inner future's polls so far: the work it did
+    /// on this thread, not its waits.
+    pub fn guest_time(&self) -> Duration {
+        self.guest_time
+    }
+
     /// Wraps `inner`; once long-running, it takes turns on `share`.
     pub fn new(inner: F, share: FairShare) -> Self {
         let detector = Arc::new(SelfWakeDetector::default());

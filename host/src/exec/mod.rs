@@ -23,6 +23,7 @@ mod guest_output;
 mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_lane;
+pub mod profile;
 mod queue_lane;
 mod reuse;
 #[cfg(feature = "wasip3")]
@@ -64,6 +65,8 @@ pub struct ExecSettings {
     pub grants: GuestGrants,
     /// Lane sizing.
     pub execution: ExecutionConfig,
+    /// Where the function's calls are counted.
+    pub profile: Arc<profile::Profile>,
 }
 
 /// Links `component` for `lane` and starts that lane. The sync lane spawns its

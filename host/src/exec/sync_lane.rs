@@ -23,6 +23,7 @@
 //!   instance is always dropped, and a call that failed on a reused
 //!   instance before it could have had effects runs again on a fresh one.
 
+use super::profile;
 use super::reuse::{Ended, Replay, ReusePolicy};
 use super::state::StoreState;
 use super::{
@@ -64,6 +65,8 @@ struct Job {
     respond: oneshot::Sender<DispatchResult>,
     /// Whether a thread took the job or its caller stopped waiting first.
     claim: Arc<Claim>,
+    /// When it joined the queue.
+    enqueued: Instant,
 }
 
 /// Decides, once, between a thread starting a job and its caller giving up
@@ -133,6 +136,7 @@ impl SyncLane {
                 .name(format!("fnhost-sync-{index}"))
                 .spawn(move || {
                     let _entered = runtime.enter();
+                    worker.settings.profile.add_this_thread();
                     worker.serve(&jobs);
                 })
                 .expect("spawning a sync-lane thread");
@@ -159,6 +163,7 @@ impl Dispatch for SyncLane {
             deadline: Instant::now() + self.timeout,
             respond,
             claim: claim.clone(),
+            enqueued: Instant::now(),
         };
         let refused = match self.queue.try_send(job) {
             Ok(()) => None,
@@ -264,6 +269,8 @@ impl Worker {
                 }
             };
             let id = job.id;
+            let queued = job.enqueued.elapsed();
+            let cpu_before = profile::thread_cpu_time();
             // A panic in a host call must cost one call, not the thread: the
             // caller sees its answer channel close and gets a 500.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(instance, job)))
@@ -274,6 +281,9 @@ impl Worker {
                     warm = None;
                 }
             }
+            self.settings
+                .profile
+                .record(profile::thread_cpu_time() - cpu_before, queued);
         }
     }
 
@@ -310,6 +320,7 @@ impl Worker {
             deadline,
             respond,
             claim: _,
+            enqueued: _,
         } = job;
         // The response head goes to the caller as soon as the guest sets it;
         // the guest may keep writing the body on this thread afterwards.

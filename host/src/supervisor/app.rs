@@ -113,6 +113,7 @@ impl Generation {
                     running: self.app.running(index),
                     completed: live.completed.load(Ordering::Relaxed),
                     failures: live.failures.load(Ordering::Relaxed),
+                    profile: ProfileView::of(live),
                 }
             })
             .collect()
@@ -199,6 +200,94 @@ pub struct FunctionStatus {
     pub completed: u64,
     /// Of those, the ones that failed.
     pub failures: u64,
+    /// What its calls cost, and what that says about how to run it.
+    pub profile: ProfileView,
+}
+
+/// A function's profile as `GET /functions` and `fnhost top` show it.
+#[derive(Debug, Serialize)]
+pub struct ProfileView {
+    /// Calls the workers measured.
+    pub calls: u64,
+    /// Mean time from dispatch to the end of the response, in ms.
+    pub mean_wall_ms: f64,
+    /// Mean CPU per call on the worker's threads, in ms.
+    pub mean_cpu_ms: f64,
+    /// Mean time waiting for a sync-lane thread, in ms.
+    pub mean_queued_ms: f64,
+    /// CPU over the time a call was being served (wall minus queued).
+    pub cpu_share: f64,
+    /// Calls running now.
+    pub in_flight: usize,
+    /// The most calls that ran at once.
+    pub peak_in_flight: usize,
+    /// `io-bound`, `cpu-bound`, `mixed`, or `unknown` before any call.
+    pub class: &'static str,
+    /// The seed's advice for a function of this class, computed for this
+    /// machine: sync-lane threads per worker ...
+    pub advised_threads: usize,
+    /// ... and worker processes.
+    pub advised_workers: usize,
+}
+
+/// CPU share at or above which a function is CPU-bound.
+pub const CPU_BOUND_SHARE: f64 = 0.6;
+/// CPU share at or below which a function is I/O-bound.
+pub const IO_BOUND_SHARE: f64 = 0.25;
+
+impl ProfileView {
+    fn of(live: &FunctionLive) -> Self {
+        let measured = *live.profile.lock().expect("profile");
+        let completed = live.completed.load(Ordering::Relaxed);
+        let per_call = |total: u64, calls: u64| {
+            if calls == 0 {
+                0.0
+            } else {
+                total as f64 / calls as f64 / 1e6
+            }
+        };
+        let mean_wall_ms = per_call(live.wall_ns.load(Ordering::Relaxed), completed);
+        let mean_cpu_ms = per_call(measured.cpu_ns, measured.calls);
+        let mean_queued_ms = per_call(measured.queued_ns, measured.calls);
+        let mean_descheduled_ms = per_call(measured.descheduled_ns, measured.calls);
+        // Served: neither queued for a thread nor ready without a core.
+        let served_ms = (mean_wall_ms - mean_queued_ms - mean_descheduled_ms).max(f64::EPSILON);
+        let cpu_share = (mean_cpu_ms / served_ms).min(1.0);
+        let class = if measured.calls == 0 || completed == 0 {
+            "unknown"
+        } else if cpu_share >= CPU_BOUND_SHARE {
+            "cpu-bound"
+        } else if cpu_share <= IO_BOUND_SHARE {
+            "io-bound"
+        } else {
+            "mixed"
+        };
+        let (advised_threads, advised_workers) = advice(class, crate::config::cores());
+        Self {
+            calls: measured.calls,
+            mean_wall_ms,
+            mean_cpu_ms,
+            mean_queued_ms,
+            cpu_share,
+            in_flight: live.in_flight.load(Ordering::Relaxed),
+            peak_in_flight: live.peak_in_flight.load(Ordering::Relaxed),
+            class,
+            advised_threads,
+            advised_workers,
+        }
+    }
+}
+
+/// Azure's advice for Python apps, for `cores` cores: I/O-bound, threads
+/// `cores + 4` in one worker; CPU-bound, one thread in each of `cores`
+/// workers (at most 10, as `FUNCTIONS_WORKER_PROCESS_COUNT`); mixed, both.
+pub fn advice(class: &str, cores: usize) -> (usize, usize) {
+    let workers = cores.clamp(1, 10);
+    match class {
+        "cpu-bound" => (1, workers),
+        "mixed" => (cores + 4, workers),
+        _ => (cores + 4, 1),
+    }
 }
 
 /// The settings `GET /functions` shows for a function.

@@ -175,7 +175,7 @@ pub struct Supervisor {
     /// The number the next redeploy's version gets.
     next_generation: std::sync::atomic::AtomicU64,
     /// Every version made current, to know when one is no longer used.
-    versions: Mutex<std::collections::HashMap<u64, std::sync::Weak<Generation>>>,
+    versions: Arc<Mutex<std::collections::HashMap<u64, std::sync::Weak<Generation>>>>,
     serving: AtomicBool,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
@@ -230,7 +230,7 @@ impl Supervisor {
             current,
             reloading: tokio::sync::Mutex::new(()),
             next_generation: std::sync::atomic::AtomicU64::new(2),
-            versions: Mutex::new([(1, first_version)].into()),
+            versions: Arc::new(Mutex::new([(1, first_version)].into())),
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -538,6 +538,19 @@ impl Supervisor {
         let instances: u64 = links.iter().map(|l| l.instances()).sum();
         self.metrics.instances.set(instances as i64);
         self.metrics.encode()
+    }
+
+    /// Finds a function of any version still alive, for workers' reports.
+    fn function_lookup(&self) -> pool::FunctionLookup {
+        let versions = self.versions.clone();
+        Arc::new(move |generation, index| {
+            let version = versions
+                .lock()
+                .expect("versions")
+                .get(&generation)?
+                .upgrade()?;
+            version.live.get(index as usize).cloned()
+        })
     }
 
     /// One row per function of the current app version.

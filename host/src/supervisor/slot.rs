@@ -247,6 +247,7 @@ impl Supervisor {
             to_worker,
             slot_state.counters.clone(),
             self.metrics.clone(),
+            self.function_lookup(),
         ));
         self.pool.install(link.clone());
         // A redeploy finished while this worker was starting: it loads the

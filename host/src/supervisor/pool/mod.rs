@@ -55,6 +55,15 @@ pub struct FunctionLive {
     pub completed: AtomicU64,
     /// Of those, the ones that failed.
     pub failures: AtomicU64,
+    /// Their wall time from dispatch to the end of the response, summed,
+    /// in nanoseconds.
+    pub wall_ns: AtomicU64,
+    /// Calls running now.
+    pub in_flight: AtomicUsize,
+    /// The most that ran at once.
+    pub peak_in_flight: AtomicUsize,
+    /// What the workers measured: calls, CPU and time queued, summed.
+    pub profile: Mutex<crate::exec::profile::ProfileSnapshot>,
 }
 
 impl FunctionLive {
@@ -65,9 +74,30 @@ impl FunctionLive {
             lane,
             completed: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            wall_ns: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            profile: Mutex::default(),
         }
     }
+
+    fn started(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Adds a worker's new measurements.
+    fn add(&self, new: crate::exec::profile::ProfileSnapshot) {
+        let mut profile = self.profile.lock().expect("profile");
+        profile.calls += new.calls;
+        profile.cpu_ns += new.cpu_ns;
+        profile.queued_ns += new.queued_ns;
+        profile.descheduled_ns += new.descheduled_ns;
+    }
 }
+
+/// Finds a function of an app version by its number and index.
+pub type FunctionLookup = Arc<dyn Fn(u64, u32) -> Option<Arc<FunctionLive>> + Send + Sync>;
 
 /// What a worker answered to loading an app version.
 pub type LoadResult = Result<(), String>;
@@ -110,6 +140,9 @@ pub struct WorkerLink {
     loaded: Mutex<std::collections::HashSet<u64>>,
     /// Who waits for the worker's answer to loading a version.
     load_waiters: Mutex<HashMap<u64, oneshot::Sender<LoadResult>>>,
+    /// The worker's last profile report, per version and function.
+    profiled: Mutex<HashMap<(u64, u32), crate::exec::profile::ProfileSnapshot>>,
+    lookup: FunctionLookup,
     lost: AtomicBool,
     gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
@@ -127,6 +160,7 @@ impl WorkerLink {
         to_worker: mpsc::UnboundedSender<ToWorker>,
         counters: Arc<SlotCounters>,
         metrics: Arc<Metrics>,
+        lookup: FunctionLookup,
     ) -> Self {
         Self {
             slot,
@@ -144,6 +178,8 @@ impl WorkerLink {
             metrics,
             loaded: Mutex::new([generation].into()),
             load_waiters: Mutex::new(HashMap::new()),
+            profiled: Mutex::new(HashMap::new()),
+            lookup,
             lost: AtomicBool::new(false),
             gone: tokio::sync::watch::channel(false).0,
             overran: AtomicBool::new(false),
@@ -165,6 +201,28 @@ impl WorkerLink {
     /// an invocation overran its deadline.
     pub fn overran(&self) -> bool {
         self.overran.load(Ordering::Relaxed)
+    }
+
+    /// Adds what is new in a worker's cumulative profile report to each
+    /// function's totals.
+    fn take_profiles(&self, reports: Vec<ipc::FunctionProfile>) {
+        let mut seen = self.profiled.lock().expect("profiled");
+        for report in reports {
+            let key = (report.generation, report.function);
+            let before = seen.insert(key, report.profile).unwrap_or_default();
+            let now = report.profile;
+            let new = crate::exec::profile::ProfileSnapshot {
+                calls: now.calls.saturating_sub(before.calls),
+                cpu_ns: now.cpu_ns.saturating_sub(before.cpu_ns),
+                queued_ns: now.queued_ns.saturating_sub(before.queued_ns),
+                descheduled_ns: now.descheduled_ns.saturating_sub(before.descheduled_ns),
+            };
+            if new.calls > 0
+                && let Some(function) = (self.lookup)(report.generation, report.function)
+            {
+                function.add(new);
+            }
+        }
     }
 
     /// Asks the worker's slot to kill and replace it.
@@ -334,7 +392,9 @@ impl WorkerLink {
                 instances,
                 async_stalls,
                 guest_output_dropped,
+                profiles,
             } => {
+                self.take_profiles(profiles);
                 self.instances.store(instances, Ordering::Relaxed);
                 // The worker's counts are cumulative; count what is new.
                 let new = |seen: &AtomicU64, now: u64| {
@@ -393,6 +453,7 @@ impl WorkerLink {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
+        function.started();
         pending.insert(
             id,
             Pending {
@@ -419,6 +480,7 @@ impl WorkerLink {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
+        function.started();
         pending.insert(
             id,
             PendingQueue {
@@ -467,6 +529,11 @@ impl WorkerLink {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
         function.completed.fetch_add(1, Ordering::Relaxed);
+        function.in_flight.fetch_sub(1, Ordering::Relaxed);
+        function.wall_ns.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if failed {
             function.failures.fetch_add(1, Ordering::Relaxed);
         }

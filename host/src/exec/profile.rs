@@ -1,0 +1,138 @@
+//! What one function's calls cost in this process, always on: calls, the
+//! CPU they took on the host's threads, and the time they waited for a
+//! sync-lane thread. Cumulative counters, read by the worker's statistics
+//! report (and summed across workers by the supervisor).
+//!
+//! CPU is the thread's own clock around a sync-lane call (a call blocked
+//! in a host wait uses none), and the time spent inside the polls of an
+//! async-lane call (a waiting call is not polled): what the seed's advice
+//! needs, I/O-bound or CPU-bound, for about two clock reads per call.
+//! A sync-lane thread that was ready to run but had no core is neither
+//! working nor waiting on I/O; the kernel counts that time per thread
+//! (`/proc/self/task/TID/schedstat`), and a snapshot adds it up for the
+//! function's threads, so a loaded machine does not make a CPU-bound
+//! function look as if it waited.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// One function's cumulative costs in this process.
+#[derive(Debug, Default)]
+pub struct Profile {
+    calls: AtomicU64,
+    cpu_ns: AtomicU64,
+    queued_ns: AtomicU64,
+    /// The function's sync-lane threads, by kernel thread id.
+    threads: std::sync::Mutex<Vec<libc::pid_t>>,
+}
+
+/// A reading of a [`Profile`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProfileSnapshot {
+    /// Calls finished.
+    pub calls: u64,
+    /// CPU they took, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Time they waited for a lane slot, in nanoseconds.
+    pub queued_ns: u64,
+    /// Time the function's sync-lane threads were ready to run but had no
+    /// core, in nanoseconds.
+    #[serde(default)]
+    pub descheduled_ns: u64,
+}
+
+impl Profile {
+    /// Counts one finished call.
+    pub fn record(&self, cpu: Duration, queued: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.cpu_ns.fetch_add(nanos(cpu), Ordering::Relaxed);
+        self.queued_ns.fetch_add(nanos(queued), Ordering::Relaxed);
+    }
+
+    /// Counts the calling thread as one of the function's sync-lane threads.
+    pub fn add_this_thread(&self) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tid);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> ProfileSnapshot {
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ProfileSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
+            queued_ns: self.queued_ns.load(Ordering::Relaxed),
+            descheduled_ns: threads.into_iter().map(run_delay_ns).sum(),
+        }
+    }
+}
+
+/// Nanoseconds thread `tid` of this process has spent ready to run
+/// without a core (the second field of its schedstat); 0 if unknown.
+fn run_delay_ns(tid: libc::pid_t) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// CPU time the calling thread has used so far.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we own.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_thread_sees_its_cpu_clock_move_and_a_sleeping_one_does_not() {
+        let before = thread_cpu_time();
+        let mut x = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(20) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let busy = thread_cpu_time() - before;
+        let before = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(20));
+        let slept = thread_cpu_time() - before;
+        assert!(busy > slept * 4, "busy {busy:?}, slept {slept:?}");
+        let profile = Profile::default();
+        profile.record(Duration::from_millis(3), Duration::from_millis(1));
+        assert_eq!(
+            profile.snapshot(),
+            ProfileSnapshot {
+                calls: 1,
+                cpu_ns: 3_000_000,
+                queued_ns: 1_000_000,
+                descheduled_ns: 0,
+            }
+        );
+        profile.add_this_thread();
+        // Readable for a thread of this process (0 is a valid reading).
+        let _ = profile.snapshot().descheduled_ns;
+    }
+}

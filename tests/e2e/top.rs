@@ -1,0 +1,83 @@
+//! `fnhost top` against a running host: an I/O-bound, a CPU-bound and a
+//! mixed function of one app, each classified from what its calls cost.
+
+use crate::support::{Server, client, example, run_fnhost, temp_dir};
+
+#[test]
+fn top_classifies_io_bound_cpu_bound_and_mixed_functions() {
+    let dir = temp_dir("top");
+    let manifest = dir.join("fnhost.toml");
+    let component = |name: &str| format!("{:?}", example(name).display().to_string());
+    std::fs::write(
+        &manifest,
+        format!(
+            "manifest_version = 1\n\n[[function]]\nname = \"waits\"\ncomponent = {}\nroute = \"/waits\"\n\n\
+             [[function]]\nname = \"computes\"\ncomponent = {}\nroute = \"/computes\"\n\n\
+             [[function]]\nname = \"both\"\ncomponent = {}\nroute = \"/both\"\n",
+            component("sleep"),
+            component("cpu"),
+            component("mixed"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&manifest, &["--admin", "127.0.0.1:0"]);
+    let admin = server.admin_url("");
+    let admin = admin.trim_start_matches("http://").to_string();
+
+    // Before any call there is nothing to classify.
+    let (code, before, stderr) = run_fnhost(&["top", "--admin", &admin, "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(before.contains("no calls yet"), "{before}");
+
+    // 40 ms waiting; about 10 ms of work; 10 ms of work then 10 ms waiting.
+    let http = client();
+    for _ in 0..8 {
+        for path in [
+            "/waits?ms=40",
+            "/computes?n=4000000",
+            "/both?n=4000000&ms=10",
+        ] {
+            let response = http.get(server.url(path)).send().unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    }
+    // The workers report once a second.
+    let mut table = String::new();
+    crate::support::wait_until(
+        std::time::Duration::from_secs(10),
+        "all calls profiled",
+        || {
+            let (code, out, _) = run_fnhost(&["top", "--admin", &admin, "--once"]);
+            table = out;
+            code == 0
+                && table
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(2) == Some("8"))
+                    .count()
+                    == 3
+        },
+    );
+    let class = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
+            .to_string()
+    };
+    assert_eq!(class("waits"), "io-bound", "{table}");
+    assert_eq!(class("computes"), "cpu-bound", "{table}");
+    assert_eq!(class("both"), "mixed", "{table}");
+    // The seed's advice: CPU-bound, one thread in more workers; I/O-bound,
+    // more threads in one worker.
+    let advice = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(advice("computes").contains("--threads 1 "), "{table}");
+    assert!(advice("waits").contains("--workers 1"), "{table}");
+    eprintln!("{table}");
+}
