@@ -17,7 +17,11 @@ const MAX_MS: u64 = 60_000;
 async fn mixed(request: Request) -> impl IntoResponse {
     let number = |name: &str, default: u64, max: u64| match query_param(&request, name) {
         None => Ok(default),
-        Some(text) => text.parse::<u64>().ok().filter(|&n| n <= max).ok_or(name.to_string()),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or(name.to_string()),
     };
     let (rounds, ms) = match (number("n", 2_000_000, MAX_ROUNDS), number("ms", 5, MAX_MS)) {
         (Ok(rounds), Ok(ms)) => (rounds, ms),

@@ -29,7 +29,16 @@ pub struct CheckCommand {
 impl CheckCommand {
     /// Prints the component's inventory, or each function's; exit 0 if
     /// `serve` would accept it.
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
+    pub fn execute(self, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+        // As for `serve`: a flag or its environment variable wins over the manifest.
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        };
         if !fnhost::app::manifest::is_manifest(&self.component) {
             check_component(
                 &self.component,
@@ -59,14 +68,22 @@ impl CheckCommand {
             }
             check_component(
                 &function.component,
-                settings
-                    .max_memory
-                    .or(defaults.max_memory)
-                    .unwrap_or(self.max_memory),
-                manifest
-                    .host
-                    .max_component_size
-                    .unwrap_or(self.max_component_size),
+                if given("max_memory") {
+                    self.max_memory
+                } else {
+                    settings
+                        .max_memory
+                        .or(defaults.max_memory)
+                        .unwrap_or(self.max_memory)
+                },
+                if given("max_component_size") {
+                    self.max_component_size
+                } else {
+                    manifest
+                        .host
+                        .max_component_size
+                        .unwrap_or(self.max_component_size)
+                },
                 settings.mode.or(defaults.mode).unwrap_or(Mode::Auto),
                 Some((function.route.is_some(), function.queue.is_some())),
             )

@@ -52,7 +52,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 .expect("the serve subcommand was parsed");
             command.execute(serve)
         }
-        Command::Check(command) => command.execute(),
+        Command::Check(command) => {
+            let check = matches
+                .subcommand_matches("check")
+                .expect("the check subcommand was parsed");
+            command.execute(check)
+        }
         Command::Queue(command) => command.execute(),
         Command::Top(command) => command.execute(),
     }
