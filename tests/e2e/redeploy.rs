@@ -151,3 +151,47 @@ fn sighup_redeploys_a_single_component() {
     time_until_body(&url, PLAIN, Duration::from_secs(60));
     server.wait_for_log("redeployed: app version 2", Duration::from_secs(5));
 }
+
+#[test]
+fn in_process_sighup_swaps_the_app_without_a_failed_call() {
+    let dir = temp_dir("redeploy-in-process");
+    let component = dir.join("app.wasm");
+    std::fs::copy(example("hello"), &component).unwrap();
+    let server = Server::start(&component, &["--in-process"]);
+    let url = server.url("/");
+    time_until_body(&url, HELLO, Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let http = client();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).send() {
+                    Ok(response) if response.status() == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for (source, body) in [(example("plain_hello"), PLAIN), (example("hello"), HELLO)] {
+        replace(&source, &component);
+        server.signal("HUP");
+        time_until_body(&url, body, Duration::from_secs(60));
+    }
+    // A broken version is refused and the running one stays.
+    std::fs::write(&component, b"not a component").unwrap();
+    server.signal("HUP");
+    server.wait_for_log("redeploy (SIGHUP) refused", Duration::from_secs(10));
+    assert_eq!(client().get(&url).send().unwrap().text().unwrap(), HELLO);
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = caller.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50, "too few calls ({ok})");
+}

@@ -1,23 +1,31 @@
 //! [`AppHost`]: an app of several named functions in this process, behind
 //! one router; the embedding API's multi-function host and what
-//! `fnhost serve --in-process` runs.
+//! `fnhost serve --in-process` runs. [`AppHost::reload`] swaps in a new
+//! version of the app while calls already running finish on theirs.
 
 use super::{AppDispatch, FunctionSpec};
 use crate::config::HttpLimits;
+use crate::invocation::{Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult};
 use crate::triggers::http::HttpTrigger;
 use crate::{Host, HostError};
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Several functions, each loaded into its own [`Host`] (engine, lanes,
 /// stores and limits of its own), routed by [`AppDispatch`].
 pub struct AppHost {
-    functions: Vec<(FunctionSpec, Host)>,
-    dispatch: Arc<AppDispatch>,
+    current: Arc<RwLock<Arc<Version>>>,
     http: HttpLimits,
     grace: Duration,
+}
+
+/// One version of the app: its functions, their hosts, their router.
+struct Version {
+    functions: Vec<(FunctionSpec, Host)>,
+    dispatch: AppDispatch,
 }
 
 /// Why an app could not be built: the function at fault and its error.
@@ -40,54 +48,111 @@ impl AppHost {
         http: HttpLimits,
         grace: Duration,
     ) -> Result<Self, AppError> {
-        let app_error = |reason: String| AppError {
-            function: "app".into(),
-            error: HostError::Engine(reason),
-        };
-        if functions.is_empty() {
-            return Err(app_error("no functions".into()));
-        }
-        let mut loaded = Vec::with_capacity(functions.len());
-        for function in functions {
-            let host = Host::builder(function.config.clone())
-                .component(&function.component)
-                .build()
-                .and_then(|host| {
-                    host.check_triggers(function.needs_http(), function.queue.is_some())
-                        .map(|()| host)
-                })
-                .map_err(|error| AppError {
-                    function: function.name.clone(),
-                    error,
-                })?;
-            loaded.push((function, host));
-        }
-        let specs: Vec<FunctionSpec> = loaded.iter().map(|(spec, _)| spec.clone()).collect();
-        let dispatch = super::app_dispatch(&specs, |index, _| loaded[index].1.dispatch())
-            .map_err(app_error)?;
         Ok(Self {
-            functions: loaded,
-            dispatch: Arc::new(dispatch),
+            current: Arc::new(RwLock::new(Arc::new(load(functions)?))),
             http,
             grace,
         })
     }
 
-    /// The functions and their hosts, in the app's order.
-    pub fn functions(&self) -> impl Iterator<Item = (&FunctionSpec, &Host)> {
-        self.functions.iter().map(|(spec, host)| (spec, host))
+    /// Loads `functions` beside the running version and makes them
+    /// current; calls already running finish on the old version, whose
+    /// instances are dropped once they have. On an error nothing changes.
+    /// Call it inside the tokio runtime, off its threads if the
+    /// components may need compiling (`spawn_blocking`).
+    pub fn reload(&self, functions: Vec<FunctionSpec>) -> Result<(), AppError> {
+        let version = Arc::new(load(functions)?);
+        *self.current.write().expect("current version") = version;
+        Ok(())
     }
 
-    /// The router, for embedders with their own triggers.
-    pub fn dispatch(&self) -> Arc<AppDispatch> {
-        self.dispatch.clone()
+    /// The current functions' specs and their hosts' load summaries, in
+    /// the app's order.
+    pub fn describe(&self) -> Vec<(FunctionSpec, String)> {
+        let version = self.current.read().expect("current version").clone();
+        version
+            .functions
+            .iter()
+            .map(|(spec, host)| (spec.clone(), host.describe_load()))
+            .collect()
+    }
+
+    /// Routes every call to the version current when it arrives, for
+    /// embedders with their own triggers.
+    pub fn dispatch(&self) -> Arc<dyn Dispatch> {
+        Arc::new(Current(self.current.clone()))
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then drains for
     /// up to the grace period; returns whether the drain finished in time.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
-        HttpTrigger::new(self.dispatch.clone(), self.http.clone())
+        HttpTrigger::new(self.dispatch(), self.http.clone())
             .serve(listener, shutdown, self.grace)
             .await
+    }
+}
+
+/// Loads each function into its own host and routes them.
+fn load(functions: Vec<FunctionSpec>) -> Result<Version, AppError> {
+    let app_error = |reason: String| AppError {
+        function: "app".into(),
+        error: HostError::Engine(reason),
+    };
+    if functions.is_empty() {
+        return Err(app_error("no functions".into()));
+    }
+    let mut loaded = Vec::with_capacity(functions.len());
+    for function in functions {
+        let host = Host::builder(function.config.clone())
+            .component(&function.component)
+            .build()
+            .and_then(|host| {
+                host.check_triggers(function.needs_http(), function.queue.is_some())
+                    .map(|()| host)
+            })
+            .map_err(|error| AppError {
+                function: function.name.clone(),
+                error,
+            })?;
+        loaded.push((function, host));
+    }
+    let specs: Vec<FunctionSpec> = loaded.iter().map(|(spec, _)| spec.clone()).collect();
+    let dispatch =
+        super::app_dispatch(&specs, |index, _| loaded[index].1.dispatch()).map_err(app_error)?;
+    Ok(Version {
+        functions: loaded,
+        dispatch,
+    })
+}
+
+/// The version current when a call arrives; the call holds it until its
+/// response head.
+struct Current(Arc<RwLock<Arc<Version>>>);
+
+impl Dispatch for Current {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let version = self.0.read().expect("current version").clone();
+        let call = version.dispatch.dispatch_http(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(version);
+            result
+        })
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        let version = self.0.read().expect("current version").clone();
+        let call = version.dispatch.dispatch_queue(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(version);
+            result
+        })
     }
 }

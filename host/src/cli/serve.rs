@@ -299,7 +299,7 @@ impl ServeCommand {
             .build()
             .context("cannot start the async runtime")?;
         if self.in_process {
-            self.serve_in_process(runtime, config, functions)
+            self.serve_in_process(runtime, config, functions, reload)
         } else {
             self.supervise(runtime, config, functions, reload)
         }
@@ -469,6 +469,7 @@ impl ServeCommand {
         runtime: tokio::runtime::Runtime,
         config: HostConfig,
         functions: Vec<FunctionSpec>,
+        reload: ReloadSource,
     ) -> anyhow::Result<ExitCode> {
         if let Some(function) = functions.iter().find(|f| f.queue.is_some()) {
             anyhow::bail!(
@@ -480,21 +481,24 @@ impl ServeCommand {
         let single = functions.len() == 1;
         let app = {
             let _entered = runtime.enter();
-            AppHost::build(functions, config.http.clone(), config.grace).map_err(|e| {
-                if single {
-                    anyhow::anyhow!("{}", e.error)
-                } else {
-                    anyhow::anyhow!("{e}")
-                }
-            })?
+            Arc::new(
+                AppHost::build(functions, config.http.clone(), config.grace).map_err(|e| {
+                    if single {
+                        anyhow::anyhow!("{}", e.error)
+                    } else {
+                        anyhow::anyhow!("{e}")
+                    }
+                })?,
+            )
         };
-        for (spec, host) in app.functions() {
+        for (spec, load) in app.describe() {
             if single {
-                tracing::info!("{}", host.describe_load());
+                tracing::info!("{load}");
             } else {
-                tracing::info!("function {}: {}", spec.name, host.describe_load());
+                tracing::info!("function {}: {load}", spec.name);
             }
         }
+        runtime.spawn(reload_in_process_on_hangup(app.clone(), reload));
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -510,6 +514,32 @@ impl ServeCommand {
             }
             Ok(ExitCode::SUCCESS)
         })
+    }
+}
+
+/// `SIGHUP` with `--in-process`: reads the app again and swaps it in;
+/// calls already running finish on the old version. A version that fails
+/// to read or load is refused with one line, and the old one keeps serving.
+async fn reload_in_process_on_hangup(app: Arc<AppHost>, source: ReloadSource) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let (app, read) = (app.clone(), source.read.clone());
+        // Reading and compiling can take seconds: off the runtime's threads.
+        let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let functions = read()?;
+            let what = fnhost::supervisor::describe_functions(&functions);
+            app.reload(functions).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(what)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(what)) => tracing::info!("redeployed: {what} is serving"),
+            Ok(Err(error)) => tracing::error!("redeploy (SIGHUP) refused: {error:#}"),
+            Err(error) => tracing::error!("redeploy (SIGHUP) failed: {error}"),
+        }
     }
 }
 
