@@ -137,23 +137,34 @@ queue = "jobs"
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
     }
     // Two workers, each loaded every function.
-    let workers: Vec<Value> = http
-        .get(server.admin_url("/workers"))
+    let workers = workers(&server);
+    assert_eq!(workers.len(), 2);
+}
+
+/// `GET /workers`: one row per worker slot.
+fn workers(server: &Server) -> Vec<Value> {
+    admin_json(server, "/workers")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The JSON an admin endpoint `path` answers.
+fn admin_json(server: &Server, path: &str) -> Value {
+    client()
+        .get(server.admin_url(path))
         .send()
         .unwrap()
         .json()
-        .unwrap();
-    assert_eq!(workers.len(), 2);
+        .unwrap()
 }
 
 /// `GET /functions` as a map from name to row.
 fn functions(server: &Server) -> serde_json::Map<String, Value> {
-    let rows: Vec<Value> = client()
-        .get(server.admin_url("/functions"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let rows = admin_json(server, "/functions")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     rows.into_iter()
         .map(|row| (row["name"].as_str().unwrap().to_string(), row))
         .collect()
@@ -239,20 +250,10 @@ fn one_functions_failures_stay_its_own_and_a_lost_worker_names_them() {
         std::thread::spawn(move || client().get(url).send().unwrap())
     };
     crate::support::wait_until(Duration::from_secs(5), "the slow call in flight", || {
-        let workers: Vec<Value> = client()
-            .get(server.admin_url("/workers"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let workers = workers(&server);
         workers[0]["in_flight"] == 1
     });
-    let workers: Vec<Value> = http
-        .get(server.admin_url("/workers"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let workers = workers(&server);
     let pid = workers[0]["pid"].as_u64().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")

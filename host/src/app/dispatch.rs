@@ -147,6 +147,51 @@ fn named_error(function: &str, error: InvocationError) -> InvocationError {
     InvocationError::new(error.kind, format!("function {function}: {}", error.detail))
 }
 
+/// A version of an app, as the dispatch of the current one sees it.
+pub trait AppVersion: Send + Sync + 'static {
+    /// The version's router.
+    fn router(&self) -> &AppDispatch;
+}
+
+/// The version current when a call arrives; a redeploy replaces what the
+/// lock holds. Each call holds its version until its response head, so a
+/// replaced version goes once no call can still send it work.
+pub struct CurrentVersion<V>(pub Arc<std::sync::RwLock<Arc<V>>>);
+
+impl<V: AppVersion> CurrentVersion<V> {
+    fn get(&self) -> Arc<V> {
+        self.0.read().expect("current version").clone()
+    }
+}
+
+impl<V: AppVersion> Dispatch for CurrentVersion<V> {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        let version = self.get();
+        let call = version.router().dispatch_http(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(version);
+            result
+        })
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        let version = self.get();
+        let call = version.router().dispatch_queue(invocation);
+        Box::pin(async move {
+            let result = call.await;
+            drop(version);
+            result
+        })
+    }
+}
+
 /// A response body that holds its function's concurrency slot until it
 /// ends or is dropped.
 struct HoldingBody {

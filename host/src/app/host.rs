@@ -3,13 +3,13 @@
 //! `fnhost serve --in-process` runs. [`AppHost::reload`] swaps in a new
 //! version of the app while calls already running finish on theirs.
 
+use super::dispatch::CurrentVersion;
 use super::{AppDispatch, FunctionSpec};
 use crate::config::HttpLimits;
-use crate::invocation::{Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult};
+use crate::invocation::Dispatch;
 use crate::triggers::http::HttpTrigger;
 use crate::{Host, HostError};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -80,7 +80,7 @@ impl AppHost {
     /// Routes every call to the version current when it arrives, for
     /// embedders with their own triggers.
     pub fn dispatch(&self) -> Arc<dyn Dispatch> {
-        Arc::new(Current(self.current.clone()))
+        Arc::new(CurrentVersion(self.current.clone()))
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then drains for
@@ -125,34 +125,8 @@ fn load(functions: Vec<FunctionSpec>) -> Result<Version, AppError> {
     })
 }
 
-/// The version current when a call arrives; the call holds it until its
-/// response head.
-struct Current(Arc<RwLock<Arc<Version>>>);
-
-impl Dispatch for Current {
-    fn dispatch_http(
-        &self,
-        invocation: HttpInvocation,
-    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        let version = self.0.read().expect("current version").clone();
-        let call = version.dispatch.dispatch_http(invocation);
-        Box::pin(async move {
-            let result = call.await;
-            drop(version);
-            result
-        })
-    }
-
-    fn dispatch_queue(
-        &self,
-        invocation: QueueInvocation,
-    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
-        let version = self.0.read().expect("current version").clone();
-        let call = version.dispatch.dispatch_queue(invocation);
-        Box::pin(async move {
-            let result = call.await;
-            drop(version);
-            result
-        })
+impl super::dispatch::AppVersion for Version {
+    fn router(&self) -> &AppDispatch {
+        &self.dispatch
     }
 }

@@ -5,11 +5,8 @@
 use super::pool::{FunctionLive, FunctionPool, WorkerPool};
 use crate::app::{AppDispatch, FunctionSpec};
 use crate::config::Lane;
-use crate::invocation::{Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult};
 use crate::ipc::FunctionInit;
 use serde::Serialize;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -120,13 +117,19 @@ impl Generation {
     }
 }
 
+impl crate::app::dispatch::AppVersion for Generation {
+    fn router(&self) -> &AppDispatch {
+        &self.app
+    }
+}
+
 /// The version new invocations go to; a redeploy replaces it.
-pub struct Current(RwLock<Arc<Generation>>);
+pub struct Current(Arc<RwLock<Arc<Generation>>>);
 
 impl Current {
     /// Starts at `generation`.
     pub fn new(generation: Arc<Generation>) -> Self {
-        Self(RwLock::new(generation))
+        Self(Arc::new(RwLock::new(generation)))
     }
 
     /// The current version.
@@ -138,40 +141,16 @@ impl Current {
     pub fn replace(&self, generation: Arc<Generation>) -> Arc<Generation> {
         std::mem::replace(&mut *self.0.write().expect("current version"), generation)
     }
-}
 
-/// The supervisor's dispatch: each invocation goes to the version current
-/// when it arrives, which it holds until its response head (so a retired
-/// version is released only once nothing can send it new work).
-pub struct CurrentDispatch(pub Arc<Current>);
-
-impl Dispatch for CurrentDispatch {
-    fn dispatch_http(
-        &self,
-        invocation: HttpInvocation,
-    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        let generation = self.0.get();
-        let call = generation.app.dispatch_http(invocation);
-        Box::pin(async move {
-            let result = call.await;
-            drop(generation);
-            result
-        })
-    }
-
-    fn dispatch_queue(
-        &self,
-        invocation: QueueInvocation,
-    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
-        let generation = self.0.get();
-        let call = generation.app.dispatch_queue(invocation);
-        Box::pin(async move {
-            let result = call.await;
-            drop(generation);
-            result
-        })
+    /// The supervisor's dispatch: each invocation goes to the version
+    /// current when it arrives.
+    pub fn dispatch(&self) -> CurrentDispatch {
+        crate::app::dispatch::CurrentVersion(self.0.clone())
     }
 }
+
+/// The supervisor's dispatch (see [`Current::dispatch`]).
+pub type CurrentDispatch = crate::app::dispatch::CurrentVersion<Generation>;
 
 /// A row of `GET /functions`.
 #[derive(Debug, Serialize)]

@@ -226,7 +226,7 @@ impl Supervisor {
             queue_trigger: Mutex::new(None),
             breaker: Mutex::new(CrashBreaker::new(workers.max)),
             metrics: Arc::new(Metrics::default()),
-            dispatch: Arc::new(CurrentDispatch(current.clone())),
+            dispatch: Arc::new(current.dispatch()),
             current,
             reloading: tokio::sync::Mutex::new(()),
             next_generation: std::sync::atomic::AtomicU64::new(2),
