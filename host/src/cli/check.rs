@@ -107,6 +107,12 @@ fn check_component(
     let marker = file.lane_marker;
     let wasip3 = file.wasip3;
     let needs = file.needs;
+    if wasip3 && mode == Mode::Sync {
+        anyhow::bail!(
+            "{}: is a WASIp3 component, which runs only in the async lane (drop `mode = \"sync\"`)",
+            component.display()
+        );
+    }
     let lane = if wasip3 {
         fnhost::config::Lane::Async
     } else {

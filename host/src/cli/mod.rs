@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Serve a component (its HTTP handler, and its queue handler with --queue), or an app of functions from a manifest.
     Serve(Box<serve::ServeCommand>),
-    /// Check a component: what it imports and exports, which trigger it serves.
+    /// Check a component (what it imports and exports, which trigger it serves), or every function of a manifest.
     Check(check::CheckCommand),
     /// Send messages to a queue, or look at one.
     Queue(queue::QueueCommand),

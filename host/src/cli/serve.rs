@@ -163,7 +163,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_MAX_DEQUEUE_COUNT", default_value_t = DEFAULT_MAX_DEQUEUE_COUNT, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub(super) max_dequeue_count: u32,
 
-    /// Address of the admin endpoint (/health, /ready, /workers, /metrics, POST /drain); off unless set.
+    /// Address of the admin endpoint (/health, /ready, /workers, /functions, /metrics, POST /reload, POST /drain); off unless set.
     #[arg(long, env = "FNHOST_ADMIN", value_name = "ADDR")]
     pub(super) admin: Option<SocketAddr>,
 
@@ -172,7 +172,7 @@ pub struct ServeCommand {
     pub(super) worker_memory: Option<u64>,
 
     /// Run guests inside this process instead of worker processes: no crash
-    /// isolation, no admin endpoint, no queue trigger. For embedding-like setups and benchmarks.
+    /// isolation, no admin endpoint, no queue trigger (SIGHUP still redeploys). For embedding-like setups and benchmarks.
     #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
     pub(super) in_process: bool,
 
