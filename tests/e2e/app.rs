@@ -288,8 +288,10 @@ fn a_grant_over_the_manifest_is_refused() {
         ),
     )
     .unwrap();
-    let (code, _, stderr) = run_fnhost(&["serve", &path.display().to_string()]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("manifest"), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for command in ["serve", "check"] {
+        let (code, _, stderr) = run_fnhost(&[command, &path.display().to_string()]);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(stderr.contains("manifest"), "{command}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{command}: {stderr}");
+    }
 }

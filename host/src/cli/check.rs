@@ -56,6 +56,7 @@ impl CheckCommand {
             manifest.functions.len()
         );
         let defaults = &manifest.host.functions;
+        refuse_unsafe_dirs(&manifest)?;
         for function in &manifest.functions {
             let settings = &function.settings;
             println!();
@@ -178,6 +179,49 @@ fn check_component(
     println!("exports:");
     for name in &loaded.exports {
         println!("  {name}");
+    }
+    Ok(())
+}
+
+/// The `--dir` refusals `serve` applies, for each function of `manifest`:
+/// no grant over the manifest, a component, the compile cache or (with a
+/// queue) the data folder, none nested in another.
+fn refuse_unsafe_dirs(manifest: &fnhost::app::manifest::Manifest) -> anyhow::Result<()> {
+    let defaults = &manifest.host.functions;
+    let cache = manifest.host.cache_dir.clone().or_else(default_cache_dir);
+    let data_dir = manifest
+        .host
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(fnhost::queue::DEFAULT_DATA_DIR));
+    let mut protected: Vec<(&Path, &str)> = manifest
+        .functions
+        .iter()
+        .map(|f| (f.component.as_path(), "component file"))
+        .collect();
+    protected.push((manifest.path.as_path(), "manifest"));
+    if let Some(cache) = &cache {
+        protected.push((cache.as_path(), "compile cache"));
+    }
+    if manifest.functions.iter().any(|f| f.queue.is_some()) {
+        protected.push((data_dir.as_path(), "data folder"));
+    }
+    for function in &manifest.functions {
+        let dirs = function
+            .settings
+            .dir
+            .as_ref()
+            .or(defaults.dir.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        if let Err((path, reason)) = fnhost::config::refuse_unsafe_dirs(&dirs, &protected) {
+            anyhow::bail!(
+                "{}: function {}: dir {}: {reason}",
+                manifest.path.display(),
+                function.name,
+                path.display()
+            );
+        }
     }
     Ok(())
 }
