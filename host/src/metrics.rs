@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `fnhost_invocations_total` | counter | function, lane, outcome |
 //! | `fnhost_invocation_duration_seconds` | histogram | function, lane |
+//! | `fnhost_function_cpu_seconds_total` | counter (CPU the calls took on the workers' threads; `exec/profile.rs`) | function, lane |
+//! | `fnhost_function_queued_seconds_total` | counter (time calls waited for a sync-lane thread) | function, lane |
 //! | `fnhost_in_flight` | gauge | |
 //! | `fnhost_instances` | gauge | |
 //! | `fnhost_workers` | gauge (ready workers) | |
@@ -53,12 +55,15 @@ struct QueueLabels {
 }
 
 type LatencyFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+type SecondsFamily = Family<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>;
 
 /// All of the host's metrics.
 pub struct Metrics {
     registry: Registry,
     invocations: Family<OutcomeLabels, Counter>,
     latency: LatencyFamily,
+    cpu: SecondsFamily,
+    queued: SecondsFamily,
     /// Invocations dispatched and not yet finished.
     pub in_flight: Gauge,
     /// Instances alive in the workers.
@@ -99,6 +104,18 @@ impl Default for Metrics {
             "invocation_duration_seconds",
             "Time from dispatch to the end of the response",
             latency.clone(),
+        );
+        let cpu = SecondsFamily::default();
+        registry.register(
+            "function_cpu_seconds",
+            "CPU the function's calls took on the workers' threads",
+            cpu.clone(),
+        );
+        let queued = SecondsFamily::default();
+        registry.register(
+            "function_queued_seconds",
+            "Time the function's calls waited for a sync-lane thread",
+            queued.clone(),
         );
         let in_flight = Gauge::default();
         registry.register("in_flight", "Invocations running now", in_flight.clone());
@@ -167,6 +184,8 @@ impl Default for Metrics {
             registry,
             invocations,
             latency,
+            cpu,
+            queued,
             in_flight,
             instances,
             workers,
@@ -198,6 +217,18 @@ impl Metrics {
                 lane: lane.to_string(),
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Adds what a worker measured of a function's calls.
+    pub fn record_profile(&self, function: &str, lane: Lane, cpu: Duration, queued: Duration) {
+        let labels = FunctionLabels {
+            function: function.to_string(),
+            lane: lane.to_string(),
+        };
+        self.cpu.get_or_create(&labels).inc_by(cpu.as_secs_f64());
+        self.queued
+            .get_or_create(&labels)
+            .inc_by(queued.as_secs_f64());
     }
 
     /// Sets the gauges of queue `name`.

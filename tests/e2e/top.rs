@@ -79,5 +79,28 @@ fn top_classifies_io_bound_cpu_bound_and_mixed_functions() {
     };
     assert!(advice("computes").contains("--threads 1 "), "{table}");
     assert!(advice("waits").contains("--workers 1"), "{table}");
+    // The same measurements on /metrics, by function.
+    let metrics = client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let cpu_seconds = |function: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("fnhost_function_cpu_seconds_total")
+                    && line.contains(&format!("function=\"{function}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no CPU seconds for {function} in\n{metrics}"))
+    };
+    // Eight calls of about 10 ms of work each, against eight timers.
+    assert!(cpu_seconds("computes") > 0.04, "{metrics}");
+    assert!(
+        cpu_seconds("computes") > 4.0 * cpu_seconds("waits"),
+        "{metrics}"
+    );
     eprintln!("{table}");
 }

@@ -399,9 +399,10 @@ impl ServeCommand {
         if let Err((path, reason)) =
             fnhost::config::refuse_unsafe_dirs(&config.grants.dirs, &protected)
         {
-            if functions.len() > 1 {
+            if let Some(manifest) = &manifest {
                 anyhow::bail!(
-                    "function {}: --dir {}: {reason}",
+                    "{}: function {}: dir {}: {reason}",
+                    manifest.display(),
                     function.name,
                     path.display()
                 );

@@ -221,6 +221,12 @@ impl WorkerLink {
                 && let Some(function) = (self.lookup)(report.generation, report.function)
             {
                 function.add(new);
+                self.metrics.record_profile(
+                    &function.name,
+                    function.lane,
+                    Duration::from_nanos(new.cpu_ns),
+                    Duration::from_nanos(new.queued_ns),
+                );
             }
         }
     }
