@@ -108,6 +108,10 @@ queue = "jobs"
     ]);
     assert_eq!(code, 0, "{stderr}");
     server.wait_for_log("sleep:0:job-1", Duration::from_secs(20));
+    // ... and its calls are profiled like HTTP calls (workers report once a second).
+    crate::support::wait_until(Duration::from_secs(10), "the queue call profiled", || {
+        functions(&server)["jobs"]["profile"]["calls"] == 1
+    });
 
     // GET /functions lists them with their lanes, settings and counts.
     let listed = functions(&server);

@@ -112,7 +112,16 @@ impl QueueRunner {
                 // a call stuck in a host call past the deadline is ended by
                 // the supervisor recycling the worker.
                 let runner = self.clone();
-                let task = tokio::task::spawn_blocking(move || runner.run_sync(invocation));
+                let task = tokio::task::spawn_blocking(move || {
+                    let before = super::profile::thread_cpu_time();
+                    let result = runner.run_sync(invocation);
+                    let cpu = super::profile::thread_cpu_time() - before;
+                    runner
+                        .settings
+                        .profile
+                        .record(cpu, std::time::Duration::ZERO);
+                    result
+                });
                 task.await.unwrap_or_else(|e| {
                     Err(InvocationError::new(
                         FailureKind::Trap,
@@ -130,17 +139,23 @@ impl QueueRunner {
         let mut store = new_async_store(pre.engine(), &self.settings, &self.outbound)?;
         store.data_mut().begin(invocation.id);
         let message = async_message(invocation.message);
-        let call = Fair::new(
-            async {
-                let instance = pre.instantiate_async(&mut store).await?;
-                instance
-                    .fnhost_function_queue_handler()
-                    .call_handle(&mut store, &message)
-                    .await
-            },
-            self.share.clone(),
-        );
-        let result = call.await;
+        let result = {
+            let mut call = std::pin::pin!(Fair::new(
+                async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance
+                        .fnhost_function_queue_handler()
+                        .call_handle(&mut store, &message)
+                        .await
+                },
+                self.share.clone(),
+            ));
+            let result = (&mut call).await;
+            self.settings
+                .profile
+                .record(call.guest_time(), std::time::Duration::ZERO);
+            result
+        };
         let exceeded = store.data().limiter.exceeded();
         handler_outcome(result, exceeded)
     }
