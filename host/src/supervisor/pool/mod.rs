@@ -444,6 +444,13 @@ impl WorkerLink {
         Ok(())
     }
 
+    /// Counts an invocation of `function` as running on this worker.
+    fn begin(&self, function: &FunctionLive) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        function.started();
+    }
+
     /// Registers an invocation before its head is sent; `None` if the
     /// worker is already lost (checked under the lock [`Self::lose`] takes,
     /// so no registration slips in after the pending map was failed).
@@ -457,9 +464,7 @@ impl WorkerLink {
         if self.is_lost() {
             return None;
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.inc();
-        function.started();
+        self.begin(&function);
         pending.insert(
             id,
             Pending {
@@ -484,9 +489,7 @@ impl WorkerLink {
         if self.is_lost() {
             return None;
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.inc();
-        function.started();
+        self.begin(&function);
         pending.insert(
             id,
             PendingQueue {
