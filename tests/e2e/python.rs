@@ -329,3 +329,73 @@ fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
         stalls >= 1
     });
 }
+
+/// A function app of componentize-py components, as a Python user would
+/// write one: a `def` app (sync lane), an `async def` app (WASIp3, async
+/// lane) and a queue function, on two workers; then one function's
+/// component is replaced by a handler written without the SDK, with
+/// `POST /reload`, while the others keep serving.
+#[test]
+fn a_manifest_of_python_functions_serves_each_and_redeploys_one() {
+    let dir = temp_dir("python-app");
+    let data = dir.join("data");
+    let greeter = dir.join("greeter.wasm");
+    std::fs::copy(python_component("hello"), &greeter).unwrap();
+    let quoted = |path: &std::path::Path| format!("{:?}", path.display().to_string());
+    let manifest = dir.join("fnhost.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "manifest_version = 1\n\n[host]\nworkers = 2\n\n\
+             [[function]]\nname = \"greeter\"\ncomponent = \"greeter.wasm\"\nroute = \"/hello\"\n\n\
+             [[function]]\nname = \"sleeper\"\ncomponent = {}\nroute = \"/sleep\"\ntimeout = \"1s\"\n\n\
+             [[function]]\nname = \"jobs\"\ncomponent = {}\nqueue = \"jobs\"\n",
+            quoted(&python_component("fanout")),
+            quoted(&python_component("queue")),
+        ),
+    )
+    .unwrap();
+    let data_dir = data.display().to_string();
+    let server = Server::start(
+        &manifest,
+        &["--admin", "127.0.0.1:0", "--data-dir", &data_dir],
+    );
+    let http = client();
+    let get = |path: &str| {
+        let response = http.get(server.url(path)).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    };
+    assert_eq!(get("/hello?name=app"), (200, "hello, app\n".to_string()));
+    assert_eq!(get("/sleep?ms=10"), (200, "slept 10 ms\n".to_string()));
+    // `sleeper`'s own timeout, and a path no function takes.
+    assert_eq!(get("/sleep?ms=3000").0, 504);
+    assert_eq!(get("/items/1").0, 404);
+    let (code, id, stderr) = run_fnhost(&[
+        "queue",
+        "send",
+        "jobs",
+        r#"{"n": 7}"#,
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    server.wait_for_log(&format!("handled {}", id.trim()), Duration::from_secs(20));
+    let rows: Vec<serde_json::Value> = http
+        .get(server.admin_url("/functions"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let lane = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap()["lane"].clone();
+    assert_eq!(lane("greeter"), "sync");
+    assert_eq!(lane("sleeper"), "async");
+
+    // Redeploy `greeter` as a handler written without the SDK.
+    let staging = dir.join("greeter.wasm.new");
+    std::fs::copy(python_component("raw-p2"), &staging).unwrap();
+    std::fs::rename(&staging, &greeter).unwrap();
+    let reload = http.post(server.admin_url("/reload")).send().unwrap();
+    assert_eq!(reload.status(), 200, "{}", reload.text().unwrap());
+    assert_eq!(get("/hello"), (200, "hello from python\n".to_string()));
+    assert_eq!(get("/sleep?ms=10"), (200, "slept 10 ms\n".to_string()));
+}
