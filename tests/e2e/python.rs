@@ -356,6 +356,8 @@ fn a_manifest_of_python_functions_serves_each_and_redeploys_one() {
     )
     .unwrap();
     let data_dir = data.display().to_string();
+    let (code, _, stderr) = run_fnhost(&["check", &manifest.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
     let server = Server::start(
         &manifest,
         &["--admin", "127.0.0.1:0", "--data-dir", &data_dir],
