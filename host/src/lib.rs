@@ -147,14 +147,10 @@ impl HostBuilder {
             self.config.invocation.max_memory,
         )?;
         let wasip3 = file.wasip3;
-        let lane = if wasip3 {
-            if self.config.execution.mode == config::Mode::Sync {
-                return Err(HostError::P3NeedsAsync { path });
-            }
-            Lane::Async
-        } else {
-            self.config.execution.mode.resolve(file.lane_marker)
-        };
+        if wasip3 && self.config.execution.mode == config::Mode::Sync {
+            return Err(HostError::P3NeedsAsync { path });
+        }
+        let lane = file.lane(self.config.execution.mode);
         let (engine, allocator) = engine::build_engine(&EngineSettings {
             max_memory: self.config.invocation.max_memory,
             pool_slots: self.pooling.then_some(engine::POOL_COMPONENT_INSTANCES),
@@ -207,6 +203,14 @@ impl HostBuilder {
             dispatch,
             config: self.config,
         })
+    }
+
+    /// [`Self::build`], then [`Host::check_triggers`]: a host for a
+    /// function with a route (`needs_http`) and/or a queue (`needs_queue`).
+    pub fn build_for(self, needs_http: bool, needs_queue: bool) -> Result<Host, HostError> {
+        let host = self.build()?;
+        host.check_triggers(needs_http, needs_queue)?;
+        Ok(host)
     }
 }
 

@@ -3,7 +3,7 @@
 //! manifest's `[host]` table, then the default.
 
 use super::serve::ServeCommand;
-use fnhost::app::{FunctionSettings, FunctionSpec, HostSettings};
+use fnhost::app::{FunctionSettings, HostSettings};
 
 /// Sets `field` from `value` unless the user gave the flag `id`.
 macro_rules! unless_given {
@@ -127,12 +127,4 @@ pub fn apply_function(
         "allow_outbound",
         s.allow_outbound
     );
-}
-
-/// Refuses an app whose routes overlap (a manifest is checked as it is
-/// read; this covers every way an app is made).
-pub fn refuse_overlaps(functions: &[FunctionSpec]) -> anyhow::Result<()> {
-    fnhost::app::router(functions)
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -114,11 +114,7 @@ fn check_component(
             component.display()
         );
     }
-    let lane = if wasip3 {
-        fnhost::config::Lane::Async
-    } else {
-        mode.resolve(marker)
-    };
+    let lane = file.lane(mode);
     let (engine, _) = build_engine(&EngineSettings {
         max_memory,
         // The pool `serve` sizes for this component, with one slot:

@@ -277,7 +277,6 @@ impl ServeCommand {
         for function in &functions {
             command.refuse_unsafe_dirs(function, &functions, running_data_dir)?;
         }
-        crate::cli::app::refuse_overlaps(&functions)?;
         Ok((command, functions))
     }
 
@@ -438,7 +437,6 @@ impl ServeCommand {
                 visibility_timeout: self.visibility_timeout,
                 max_dequeue_count: self.max_dequeue_count,
             },
-            function: index,
         });
         let listen = host.listen;
         let config = SupervisorConfig {

@@ -177,6 +177,18 @@ pub struct ComponentFile {
     pub needs: ComponentNeeds,
 }
 
+impl ComponentFile {
+    /// The lane it runs in under `mode`: WASIp3 components always run in
+    /// the async lane; others as `mode` and their marker say.
+    pub fn lane(&self, mode: crate::config::Mode) -> Lane {
+        if self.wasip3 {
+            Lane::Async
+        } else {
+            mode.resolve(self.lane_marker)
+        }
+    }
+}
+
 /// Reads `path`, at most `max_size` bytes of it, and checks that it is a
 /// component; finds its lane marker.
 pub fn read(path: &Path, max_size: u64) -> Result<ComponentFile, LoadError> {

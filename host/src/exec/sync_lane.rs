@@ -157,13 +157,14 @@ impl Dispatch for SyncLane {
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
         let (respond, mut answer) = oneshot::channel();
         let claim = Arc::new(Claim::default());
+        let now = Instant::now();
         let job = Job {
             id: invocation.id,
             request: invocation.request,
-            deadline: Instant::now() + self.timeout,
+            deadline: now + self.timeout,
             respond,
             claim: claim.clone(),
-            enqueued: Instant::now(),
+            enqueued: now,
         };
         let refused = match self.queue.try_send(job) {
             Ok(()) => None,

@@ -4,7 +4,6 @@
 
 use super::pool::{FunctionLive, FunctionPool, WorkerPool};
 use crate::app::{AppDispatch, FunctionSpec};
-use crate::config::Lane;
 use crate::ipc::FunctionInit;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -43,11 +42,7 @@ impl Generation {
                 function.config.max_component_size,
                 function.config.invocation.max_memory,
             )?;
-            let lane = if file.wasip3 {
-                Lane::Async
-            } else {
-                function.config.execution.mode.resolve(file.lane_marker)
-            };
+            let lane = file.lane(function.config.execution.mode);
             live.push(Arc::new(FunctionLive::new(&function.name, lane)));
             let version = Arc::new(OnceLock::new());
             let (slot, bytes) = (version.clone(), file.bytes);

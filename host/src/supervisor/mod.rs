@@ -122,8 +122,6 @@ pub struct QueueBinding {
     pub data_dir: PathBuf,
     /// Fetch, visibility and retry settings.
     pub settings: QueueSettings,
-    /// The index of the function it feeds.
-    pub function: usize,
 }
 
 /// A row of `GET /workers`.

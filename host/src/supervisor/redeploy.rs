@@ -111,10 +111,11 @@ impl Supervisor {
             }
             return Err(message);
         }
-        self.versions
-            .lock()
-            .expect("versions")
-            .insert(id, Arc::downgrade(&generation));
+        {
+            let mut versions = self.versions.lock().expect("versions");
+            versions.retain(|_, version| version.strong_count() > 0);
+            versions.insert(id, Arc::downgrade(&generation));
+        }
         let old = self.current.replace(generation.clone());
         tracing::info!(
             "redeployed: app version {id} ({}) is serving; version {} finishes what it runs",

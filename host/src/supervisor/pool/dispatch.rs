@@ -99,10 +99,21 @@ impl WorkerPool {
     /// evenly even when one worker answers a little faster.
     fn pick(&self, generation: u64) -> Option<Arc<WorkerLink>> {
         let links = self.links.read().expect("pool");
+        let load =
+            |link: &&Arc<WorkerLink>| (link.in_flight(), link.dispatched.load(Ordering::Relaxed));
+        // The least loaded worker nearly always has the version (all do,
+        // outside a redeploy): ask only it, and scan only if it does not.
         let best = links
             .iter()
-            .filter(|link| !link.is_lost() && link.has_loaded(generation))
-            .min_by_key(|link| (link.in_flight(), link.dispatched.load(Ordering::Relaxed)))?;
+            .filter(|link| !link.is_lost())
+            .min_by_key(load)
+            .filter(|link| link.has_loaded(generation))
+            .or_else(|| {
+                links
+                    .iter()
+                    .filter(|link| !link.is_lost() && link.has_loaded(generation))
+                    .min_by_key(load)
+            })?;
         best.dispatched.fetch_add(1, Ordering::Relaxed);
         Some(best.clone())
     }

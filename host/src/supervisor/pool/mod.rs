@@ -533,6 +533,7 @@ impl WorkerLink {
 
     fn count(&self, outcome: &str, started: Instant, function: &FunctionLive) {
         let failed = outcome != "ok" && outcome != "cancelled";
+        let elapsed = started.elapsed();
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -540,14 +541,14 @@ impl WorkerLink {
         function.completed.fetch_add(1, Ordering::Relaxed);
         function.in_flight.fetch_sub(1, Ordering::Relaxed);
         function.wall_ns.fetch_add(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         if failed {
             function.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.metrics
-            .record(&function.name, function.lane, outcome, started.elapsed());
+            .record(&function.name, function.lane, outcome, elapsed);
     }
 
     /// Ends an invocation whose response was streaming.
