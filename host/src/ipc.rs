@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be

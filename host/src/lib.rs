@@ -102,10 +102,18 @@ pub enum HostError {
 pub struct HostBuilder {
     config: HostConfig,
     component: Option<PathBuf>,
+    name: Option<String>,
     pooling: bool,
 }
 
 impl HostBuilder {
+    /// The function's name in log lines (default: the component file's
+    /// name without its extension).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// The component file to serve.
     pub fn component(mut self, path: impl Into<PathBuf>) -> Self {
         self.component = Some(path.into());
@@ -179,11 +187,20 @@ impl HostBuilder {
                 });
         let loaded = component::compile(&engine, file, cache.as_ref())?;
         let profile = Arc::new(exec::profile::Profile::default());
+        let function = self.name.map_or_else(
+            || {
+                path.file_stem()
+                    .map_or_else(|| "function".into(), |s| s.to_string_lossy().into())
+            },
+            Into::into,
+        );
         let settings = exec::ExecSettings {
+            function,
             limits: self.config.invocation.clone(),
             grants: self.config.grants.clone(),
             execution: self.config.execution.clone(),
             profile: profile.clone(),
+            shedder: self.config.execution.load_shedding.then(Default::default),
         };
         let _entered = runtime.enter();
         let dispatch = exec::start(&engine, &loaded, lane, settings)?;
@@ -251,6 +268,7 @@ impl Host {
         HostBuilder {
             config,
             component: None,
+            name: None,
             pooling: true,
         }
     }
@@ -301,7 +319,12 @@ impl Host {
         let lane_detail = match summary.lane {
             Lane::Sync => format!(
                 ", {} threads, queue depth {}",
-                execution.threads, execution.queue_depth
+                match execution.threads {
+                    config::ThreadCount::Auto =>
+                        format!("auto from {}", execution.threads.initial()),
+                    fixed => fixed.to_string(),
+                },
+                execution.queue_depth
             ),
             Lane::Async if summary.wasip3 => format!(
                 ", up to {} calls at once per instance",

@@ -450,6 +450,7 @@ fn load_version(slot: usize, functions: Vec<ipc::FunctionInit>) -> Result<Versio
     for function in functions {
         let host = Host::builder(function.config)
             .component(&function.component)
+            .name(function.name.clone())
             .build_for(function.http_bound, function.queue_bound)
             .map_err(|error| one_line(&error))?;
         tracing::info!(

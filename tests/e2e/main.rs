@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adapt;
 mod app;
 mod cache;
 mod check;

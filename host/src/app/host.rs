@@ -105,6 +105,7 @@ fn load(functions: Vec<FunctionSpec>) -> Result<Version, AppError> {
     for function in functions {
         let host = Host::builder(function.config.clone())
             .component(&function.component)
+            .name(function.name.clone())
             .build_for(function.needs_http(), function.queue.is_some())
             .map_err(|error| AppError {
                 function: function.name.clone(),

@@ -40,9 +40,10 @@
 use super::route::Overlap;
 use super::{FunctionEntry, FunctionSettings, HostSettings, Route, Router, check_function_name};
 use crate::config::parse::{
-    format_size, parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
+    format_size, parse_dir_grant, parse_duration, parse_env_pair, parse_on_off, parse_origin,
+    parse_size,
 };
-use crate::config::{MAX_THREADS, Mode, default_threads};
+use crate::config::{MAX_THREADS, Mode, ThreadCount};
 use crate::queue::QueueSpec;
 use crate::supervisor::WorkerCount;
 use std::fmt;
@@ -531,6 +532,7 @@ fn function_setting(
             settings.max_concurrent_reuse = Some(doc.get(entry, positive_u32)?);
         }
         "max_guest_output" => settings.max_guest_output = Some(doc.get(entry, size)?),
+        "load_shedding" => settings.load_shedding = Some(doc.get(entry, on_off)?),
         "env" => settings.env = Some(doc.get(entry, env)?),
         "dir" => {
             let grant = |text: &str| {
@@ -748,14 +750,25 @@ fn workers(value: &Spanned<DeValue<'_>>) -> Result<WorkerCount, Bad> {
 }
 
 /// 1 to [`MAX_THREADS`], or `"auto"`, as `--threads` reads it.
-fn threads(value: &Spanned<DeValue<'_>>) -> Result<usize, Bad> {
+fn threads(value: &Spanned<DeValue<'_>>) -> Result<ThreadCount, Bad> {
     match value.get_ref() {
-        DeValue::String(text) if text == "auto" => Ok(default_threads()),
-        DeValue::Integer(_) => Ok(bounded(value, 1, MAX_THREADS as u64)? as usize),
+        DeValue::String(text) if text == "auto" => Ok(ThreadCount::Auto),
+        DeValue::Integer(_) => Ok(ThreadCount::Fixed(
+            bounded(value, 1, MAX_THREADS as u64)? as usize
+        )),
         _ => Err(wrong_type(
             value,
             &format!("a thread count from 1 to {MAX_THREADS}, or \"auto\""),
         )),
+    }
+}
+
+/// `"on"` or `"off"`, as the flags read them, or a boolean.
+fn on_off(value: &Spanned<DeValue<'_>>) -> Result<bool, Bad> {
+    match value.get_ref() {
+        DeValue::Boolean(on) => Ok(*on),
+        DeValue::String(_) => parsed(value, parse_on_off),
+        _ => Err(wrong_type(value, "\"on\" or \"off\"")),
     }
 }
 
@@ -951,6 +964,7 @@ queue_timeout = "1s"
 instance_reuse = 1000
 max_concurrent_reuse = 16
 max_guest_output = "1MiB"
+load_shedding = "on"
 env = { ZED = "last", GREETING = "hi" }
 dir = ["data::/data", "/srv/static"]
 allow_outbound = ["http://127.0.0.1:9000"]
@@ -961,6 +975,7 @@ name = "orders"
 component = "a.wasm"
 queue = "redis://127.0.0.1:6379/orders"
 threads = 4
+load_shedding = false
 "#;
         let manifest = parse_in(&dir, text).unwrap();
         let host = &manifest.host;
@@ -984,12 +999,13 @@ threads = 4
         assert_eq!(s.max_memory, None, "[host] defaults stay in [host]");
         assert_eq!(s.max_fuel, Some(1_000_000));
         assert_eq!(s.yield_fuel, Some(4096));
-        assert_eq!(s.threads, Some(default_threads()));
+        assert_eq!(s.threads, Some(ThreadCount::Auto));
         assert_eq!(s.queue_depth, Some(64));
         assert_eq!(s.queue_timeout, Some(Duration::from_secs(1)));
         assert_eq!(s.instance_reuse, Some(1000));
         assert_eq!(s.max_concurrent_reuse, Some(16));
         assert_eq!(s.max_guest_output, Some(1 << 20));
+        assert_eq!(s.load_shedding, Some(true));
         let env = [("ZED", "last"), ("GREETING", "hi")].map(|(k, v)| (k.into(), v.into()));
         assert_eq!(s.env, Some(env.to_vec()), "kept in the order written");
         let dirs = s.dir.as_ref().unwrap();
@@ -1008,7 +1024,8 @@ threads = 4
                 stream: "orders".into()
             })
         );
-        assert_eq!(orders.settings.threads, Some(4));
+        assert_eq!(orders.settings.threads, Some(ThreadCount::Fixed(4)));
+        assert_eq!(orders.settings.load_shedding, Some(false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1159,6 +1176,11 @@ threads = 4
                 "`0` is out of range: it must be from 1 to 1024",
             ),
             ("threads = \"8\"", "threads", "found a string"),
+            (
+                "load_shedding = \"yes\"",
+                "load_shedding",
+                "`yes` is neither on nor off",
+            ),
             (
                 "instance_reuse = 4294967296",
                 "instance_reuse",

@@ -119,7 +119,7 @@ pub struct FunctionSettings {
     /// `yield_fuel`.
     pub yield_fuel: Option<u64>,
     /// `threads` of the sync lane.
-    pub threads: Option<usize>,
+    pub threads: Option<crate::config::ThreadCount>,
     /// `queue_depth` of the sync lane.
     pub queue_depth: Option<usize>,
     /// `queue_timeout` of the sync lane.
@@ -128,6 +128,8 @@ pub struct FunctionSettings {
     pub instance_reuse: Option<u32>,
     /// `max_concurrent_reuse` (WASIp3).
     pub max_concurrent_reuse: Option<u32>,
+    /// `load_shedding`.
+    pub load_shedding: Option<bool>,
     /// `max_guest_output`.
     pub max_guest_output: Option<u64>,
     /// `env`: a table of variables the guest sees.

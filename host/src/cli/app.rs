@@ -106,6 +106,12 @@ pub fn apply_function(
     );
     unless_given!(
         explicit,
+        command.load_shedding,
+        "load_shedding",
+        s.load_shedding
+    );
+    unless_given!(
+        explicit,
         command.max_guest_output,
         "max_guest_output",
         s.max_guest_output

@@ -6,12 +6,11 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use fnhost::app::{AppHost, FunctionSpec, Route, manifest};
 use fnhost::config::parse::{
-    parse_dir_grant, parse_duration, parse_env_pair, parse_origin, parse_size,
+    parse_dir_grant, parse_duration, parse_env_pair, parse_on_off, parse_origin, parse_size,
 };
 use fnhost::config::{
-    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_REUSE, DEFAULT_QUEUE_DEPTH_PER_THREAD,
-    DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig, GuestGrants, HostConfig, HttpLimits,
-    InvocationLimits, MAX_THREADS, Mode, Origin, default_threads,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_REUSE, DEFAULT_YIELD_FUEL, DirGrant, ExecutionConfig,
+    GuestGrants, HostConfig, HttpLimits, InvocationLimits, Mode, Origin, ThreadCount,
 };
 use fnhost::queue::{DEFAULT_DATA_DIR, QueueSpec};
 use fnhost::supervisor::process::WorkerLimits;
@@ -75,11 +74,11 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_MAX_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     pub(super) max_fuel: Option<u64>,
 
-    /// Threads of the sync lane, or auto [default: min(32, cores + 4)].
-    #[arg(long, env = "FNHOST_THREADPOOL_THREAD_COUNT", value_parser = parse_threads, value_name = "N|auto")]
-    pub(super) threads: Option<usize>,
+    /// Threads of the sync lane, or auto: start at min(32, cores + 4), then grow while calls queue and the cores have room, up to 256, and shrink when idle [default: auto].
+    #[arg(long, env = "FNHOST_THREADPOOL_THREAD_COUNT", value_parser = ThreadCount::parse, value_name = "N|auto")]
+    pub(super) threads: Option<ThreadCount>,
 
-    /// Calls that may wait for a sync-lane thread; beyond, 503 with Retry-After [default: 64 × threads].
+    /// Calls that may wait for a sync-lane thread; beyond, 503 with Retry-After [default: 64 × starting threads].
     #[arg(long, env = "FNHOST_QUEUE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "N")]
     pub(super) queue_depth: Option<u64>,
 
@@ -94,6 +93,10 @@ pub struct ServeCommand {
     /// Calls one WASIp3 instance may run at once.
     #[arg(long, env = "FNHOST_MAX_CONCURRENT_REUSE", default_value_t = DEFAULT_MAX_CONCURRENT_REUSE, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub(super) max_concurrent_reuse: u32,
+
+    /// Refuse calls beyond an adaptive limit at once (503 with Retry-After) when calls wait for the machine more than half their service time, so admitted calls keep about unloaded latency; not for WASIp3 components.
+    #[arg(long, env = "FNHOST_LOAD_SHEDDING", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
+    pub(super) load_shedding: bool,
 
     /// Linear memory per instance (500 with fnhost-error: memory beyond).
     #[arg(long, env = "FNHOST_MAX_MEMORY", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
@@ -199,7 +202,7 @@ impl ServeCommand {
                 max_output: self.max_guest_output,
             },
             execution: {
-                let threads = self.threads.unwrap_or_else(default_threads);
+                let threads = self.threads.unwrap_or(ThreadCount::Auto);
                 ExecutionConfig {
                     mode: self.mode,
                     yield_fuel: self.yield_fuel,
@@ -207,12 +210,11 @@ impl ServeCommand {
                     threads,
                     queue_depth: self
                         .queue_depth
-                        .map_or(threads * DEFAULT_QUEUE_DEPTH_PER_THREAD, |depth| {
-                            depth as usize
-                        }),
+                        .map_or(threads.default_queue_depth(), |depth| depth as usize),
                     queue_timeout: self.queue_timeout,
                     instance_reuse: self.instance_reuse,
                     max_concurrent_reuse: self.max_concurrent_reuse,
+                    load_shedding: self.load_shedding,
                 }
             },
             grants: GuestGrants {
@@ -558,21 +560,6 @@ fn parse_visibility(text: &str) -> Result<Duration, String> {
 /// Parses `--queue`.
 fn parse_queue(text: &str) -> Result<QueueSpec, String> {
     QueueSpec::parse(text).map_err(|e| e.to_string())
-}
-
-/// Parses `--threads`: a count from 1 to [`MAX_THREADS`], or `auto`
-/// (`min(32, cores + 4)` for now; a later version sizes it from the
-/// measured workload).
-fn parse_threads(text: &str) -> Result<usize, String> {
-    if text == "auto" {
-        return Ok(default_threads());
-    }
-    match text.parse::<usize>() {
-        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "`{text}` is not a thread count from 1 to {MAX_THREADS} or auto"
-        )),
-    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM. A second signal while draining

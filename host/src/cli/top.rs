@@ -75,8 +75,17 @@ async fn fetch(admin: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
 /// The rows as a fixed-width table.
 fn table(rows: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<20} {:<10} {:>8} {:>10} {:>9} {:>10} {:>6} {:>5}  {}\n",
-        "FUNCTION", "CLASS", "CALLS", "WALL ms", "CPU ms", "QUEUED ms", "CPU %", "PEAK", "ADVICE"
+        "{:<20} {:<10} {:>8} {:>10} {:>9} {:>10} {:>6} {:>5} {:>7}  {}\n",
+        "FUNCTION",
+        "CLASS",
+        "CALLS",
+        "WALL ms",
+        "CPU ms",
+        "QUEUED ms",
+        "CPU %",
+        "PEAK",
+        "THREADS",
+        "ADVICE"
     );
     for row in rows {
         let profile = &row["profile"];
@@ -90,8 +99,13 @@ fn table(rows: &[serde_json::Value]) -> String {
                 profile["advised_threads"], profile["advised_workers"]
             )
         };
+        // Sync-lane threads now, summed over the workers.
+        let threads = match row["lane"].as_str() {
+            Some("sync") => profile["sync_threads"].to_string(),
+            _ => "-".to_string(),
+        };
         out += &format!(
-            "{:<20} {:<10} {:>8} {:>10.2} {:>9.2} {:>10.2} {:>6.0} {:>5}  {}\n",
+            "{:<20} {:<10} {:>8} {:>10.2} {:>9.2} {:>10.2} {:>6.0} {:>5} {:>7}  {}\n",
             row["name"].as_str().unwrap_or("?"),
             class,
             profile["calls"].as_u64().unwrap_or(0),
@@ -100,6 +114,7 @@ fn table(rows: &[serde_json::Value]) -> String {
             number("mean_queued_ms"),
             number("cpu_share") * 100.0,
             profile["peak_in_flight"].as_u64().unwrap_or(0),
+            threads,
             advice
         );
     }

@@ -39,6 +39,10 @@ pub const DEFAULT_YIELD_FUEL: u64 = 1_000_000;
 pub const DEFAULT_QUEUE_DEPTH_PER_THREAD: usize = 64;
 /// Most threads the sync lane may have (`--threads`).
 pub const MAX_THREADS: usize = 1024;
+/// Most threads `--threads auto` grows a sync lane to: the top of the
+/// bench's sweep, a quarter of the instance pool (each thread keeps a
+/// warm instance).
+pub const AUTO_MAX_THREADS: usize = 256;
 
 /// Everything a host needs to serve, resolved and validated.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -194,7 +198,7 @@ pub struct ExecutionConfig {
     /// CPU budget per invocation in fuel units (`--max-fuel`); none by default.
     pub max_fuel: Option<u64>,
     /// Threads of the sync lane (`--threads`).
-    pub threads: usize,
+    pub threads: ThreadCount,
     /// Calls that may wait for a sync-lane thread before 503 (`--queue-depth`).
     pub queue_depth: usize,
     /// Longest a call waits for a sync-lane thread before 503 `capacity`
@@ -209,6 +213,10 @@ pub struct ExecutionConfig {
     pub instance_reuse: Option<u32>,
     /// Calls one WASIp3 instance may run at once (`--max-concurrent-reuse`).
     pub max_concurrent_reuse: u32,
+    /// Whether calls beyond an adaptive limit are refused with 503 so the
+    /// admitted ones keep their latency (`--load-shedding`; `exec/shed.rs`).
+    #[serde(default)]
+    pub load_shedding: bool,
 }
 
 /// How long a call may wait for a sync-lane thread by default: 5 s, or
@@ -225,24 +233,74 @@ pub const DEFAULT_MAX_CONCURRENT_REUSE: u32 = 16;
 
 impl Default for ExecutionConfig {
     fn default() -> Self {
-        let threads = default_threads();
+        let threads = ThreadCount::Auto;
         Self {
             mode: Mode::Auto,
             yield_fuel: DEFAULT_YIELD_FUEL,
             max_fuel: None,
             threads,
-            queue_depth: threads * DEFAULT_QUEUE_DEPTH_PER_THREAD,
+            queue_depth: threads.default_queue_depth(),
             queue_timeout: None,
             instance_reuse: None,
             max_concurrent_reuse: DEFAULT_MAX_CONCURRENT_REUSE,
+            load_shedding: false,
         }
     }
 }
 
-/// The sync lane's default thread count: `min(32, cores + 4)`, the default of
-/// Python's `ThreadPoolExecutor` that Azure Functions' Python worker uses.
+/// The sync lane's starting thread count: `min(32, cores + 4)`, the default
+/// of Python's `ThreadPoolExecutor` that Azure Functions' Python worker uses.
 pub fn default_threads() -> usize {
     (cores() + 4).min(32)
+}
+
+/// How many threads a sync lane has (`--threads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThreadCount {
+    /// Sized while serving, from 1 to [`AUTO_MAX_THREADS`], starting at
+    /// [`default_threads`] (`exec/thread_control.rs`).
+    Auto,
+    /// Exactly this many.
+    Fixed(usize),
+}
+
+impl ThreadCount {
+    /// Threads the lane starts with.
+    pub fn initial(self) -> usize {
+        match self {
+            Self::Auto => default_threads(),
+            Self::Fixed(threads) => threads,
+        }
+    }
+
+    /// `--queue-depth` when it is not given: [`DEFAULT_QUEUE_DEPTH_PER_THREAD`]
+    /// per starting thread.
+    pub fn default_queue_depth(self) -> usize {
+        self.initial() * DEFAULT_QUEUE_DEPTH_PER_THREAD
+    }
+
+    /// Reads `auto` or a count from 1 to [`MAX_THREADS`], as `--threads`
+    /// and the manifest's `threads` take it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "auto" {
+            return Ok(Self::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(Self::Fixed(n)),
+            _ => Err(format!(
+                "`{text}` is not a thread count from 1 to {MAX_THREADS} or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(threads) => write!(f, "{threads}"),
+        }
+    }
 }
 
 /// CPUs this process may use, asked once: each

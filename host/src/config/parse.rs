@@ -130,6 +130,15 @@ pub fn parse_dir_grant(text: &str) -> Result<DirGrant, String> {
     })
 }
 
+/// Parses `on` or `off`.
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{text}` is neither on nor off")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

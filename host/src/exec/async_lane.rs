@@ -99,7 +99,11 @@ impl Dispatch for AsyncLane {
         let (answer, answered) = Answer::new();
         // The guest runs in its own task: it may keep streaming the response
         // body after the head has been handed to the trigger.
-        let guest = tokio::spawn(self.inner.clone().serve(invocation, answer));
+        let guest = tokio::spawn(self.inner.clone().serve(
+            invocation,
+            answer,
+            std::time::Instant::now(),
+        ));
         Box::pin(async move {
             match answered.await {
                 Ok(result) => result,
@@ -118,9 +122,17 @@ impl Dispatch for AsyncLane {
 impl Inner {
     /// One invocation, from taking an instance to keeping instances ready
     /// for the next ones.
-    async fn serve(self: Arc<Self>, invocation: HttpInvocation, answer: Answer) {
+    /// `dispatched`: when the call was handed to the lane; until its task
+    /// first runs it waits for the runtime, which load shedding counts.
+    async fn serve(
+        self: Arc<Self>,
+        invocation: HttpInvocation,
+        answer: Answer,
+        dispatched: std::time::Instant,
+    ) {
         let HttpInvocation { id, request } = invocation;
         let timeout = self.settings.limits.timeout;
+        let spawn_wait = dispatched.elapsed();
         let finished = {
             let mut call = std::pin::pin!(Fair::new(
                 self.call(id, request, &answer),
@@ -130,6 +142,10 @@ impl Inner {
             self.settings
                 .profile
                 .record(call.guest_time(), std::time::Duration::ZERO);
+            if let Some(shedder) = &self.settings.shedder {
+                let waiting = spawn_wait + call.ready_wait();
+                shedder.record(waiting, dispatched.elapsed().saturating_sub(waiting));
+            }
             finished
         };
         let outcome = match finished {

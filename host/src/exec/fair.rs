@@ -17,10 +17,15 @@
 //! it must hold one of a few [`FairShare`] permits while it runs a slice.
 //! There are one fewer permits than worker threads, so at least one worker
 //! is always free for short requests, however many guests spin.
+//!
+//! [`Fair`] also measures how long its guest was ready to run but not
+//! running ([`Fair::ready_wait`]): from a wake-up, or a yield, to the next
+//! slice. That time grows with load and nothing else, which is what load
+//! shedding (`shed.rs`) needs.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -56,6 +61,7 @@ pub struct Fair<F> {
     yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     share: FairShare,
     guest_time: Duration,
+    ready_wait: Duration,
     acquiring: Option<PermitFuture>,
 }
 
@@ -66,9 +72,15 @@ impl<F: Future> Fair<F> {
         self.guest_time
     }
 
+    /// Time the inner future was ready to run but not running so far:
+    /// from each wake-up or yield to its next slice.
+    pub fn ready_wait(&self) -> Duration {
+        self.ready_wait
+    }
+
     /// Wraps `inner`; once long-running, it takes turns on `share`.
     pub fn new(inner: F, share: FairShare) -> Self {
-        let detector = Arc::new(SelfWakeDetector::default());
+        let detector = Arc::new(SelfWakeDetector::new());
         Self {
             inner: Box::pin(inner),
             detector_waker: Waker::from(detector.clone()),
@@ -76,6 +88,7 @@ impl<F: Future> Fair<F> {
             yielding: None,
             share,
             guest_time: Duration::ZERO,
+            ready_wait: Duration::ZERO,
             acquiring: None,
         }
     }
@@ -113,10 +126,16 @@ impl<F: Future> Future for Fair<F> {
         this.detector.in_poll.store(true, Ordering::SeqCst);
         let mut inner_cx = Context::from_waker(&this.detector_waker);
         let slice_started = Instant::now();
+        this.ready_wait += this.detector.take_ready_since(slice_started);
         let result = this.inner.as_mut().poll(&mut inner_cx);
-        this.guest_time += slice_started.elapsed();
+        let slice_ended = Instant::now();
+        this.guest_time += slice_ended - slice_started;
         this.detector.in_poll.store(false, Ordering::SeqCst);
         let woke_itself = this.detector.self_woken.swap(false, Ordering::SeqCst);
+        if woke_itself {
+            // A yield: ready from now until its next slice.
+            this.detector.mark_ready(slice_ended);
+        }
         match result {
             Poll::Ready(output) => Poll::Ready(output),
             Poll::Pending if woke_itself => {
@@ -137,15 +156,49 @@ impl<F: Future> Future for Fair<F> {
 }
 
 /// The waker the guest future sees: wakes during its own poll are recorded
-/// (they are yields), wakes at any other time go to the task.
-#[derive(Default)]
+/// (they are yields), wakes at any other time go to the task, and the
+/// first wake since the last slice is timed.
 struct SelfWakeDetector {
     in_poll: AtomicBool,
     self_woken: AtomicBool,
     task: Mutex<Option<Waker>>,
+    /// What `ready_since` counts from.
+    epoch: Instant,
+    /// When the future became ready to run, in nanoseconds since `epoch`
+    /// (plus one; 0: it is not waiting to run).
+    ready_since: AtomicU64,
 }
 
 impl SelfWakeDetector {
+    /// A detector for a future that is ready to run from now (its first
+    /// poll).
+    fn new() -> Self {
+        Self {
+            in_poll: AtomicBool::new(false),
+            self_woken: AtomicBool::new(false),
+            task: Mutex::new(None),
+            epoch: Instant::now(),
+            ready_since: AtomicU64::new(1),
+        }
+    }
+
+    /// Notes that the future is ready to run from `at`, unless it already
+    /// was.
+    fn mark_ready(&self, at: Instant) {
+        let since = u64::try_from((at - self.epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        let _ = self
+            .ready_since
+            .compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// How long the future has been ready to run, at `now`; it no longer is.
+    fn take_ready_since(&self, now: Instant) -> Duration {
+        match self.ready_since.swap(0, Ordering::AcqRel) {
+            0 => Duration::ZERO,
+            since => (now - self.epoch).saturating_sub(Duration::from_nanos(since - 1)),
+        }
+    }
+
     fn set_task_waker(&self, waker: &Waker) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if !task
@@ -173,6 +226,7 @@ impl Wake for SelfWakeDetector {
                 return;
             }
         }
+        self.mark_ready(Instant::now());
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             task.wake_by_ref();
         }
@@ -288,6 +342,61 @@ mod tests {
             guest.await.unwrap();
         }
         most_at_once.load(Ordering::SeqCst)
+    }
+
+    /// How long a guest that yields ten times waited to run, on a
+    /// one-thread runtime where `competitor` spins 2 ms per poll meanwhile,
+    /// and how long one that sleeps 50 ms waited.
+    async fn ready_waits(competitor: bool) -> (Duration, Duration) {
+        let done = Arc::new(AtomicBool::new(false));
+        let spinner = competitor.then(|| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_millis(2) {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+        let yielding = tokio::spawn(async move {
+            let mut guest = Box::pin(Fair::new(
+                async {
+                    for _ in 0..10 {
+                        SelfWaking(1).await;
+                    }
+                },
+                FairShare::for_workers(1),
+            ));
+            (&mut guest).await;
+            done.store(true, Ordering::SeqCst);
+            guest.ready_wait()
+        });
+        let yielded = yielding.await.unwrap();
+        if let Some(spinner) = spinner {
+            spinner.await.unwrap();
+        }
+        let sleeping = tokio::spawn(async {
+            let mut guest = Box::pin(Fair::new(
+                tokio::time::sleep(Duration::from_millis(50)),
+                FairShare::for_workers(1),
+            ));
+            (&mut guest).await;
+            guest.ready_wait()
+        });
+        (yielded, sleeping.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ready_wait_counts_turns_given_to_others_and_not_sleep() {
+        let (alone, slept) = ready_waits(false).await;
+        let (crowded, _) = ready_waits(true).await;
+        // Each of the ten yields let the spinner run a 2 ms slice.
+        assert!(crowded >= Duration::from_millis(20), "{crowded:?}");
+        assert!(crowded > alone, "crowded {crowded:?}, alone {alone:?}");
+        assert!(slept < Duration::from_millis(50), "slept {slept:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]

@@ -26,10 +26,12 @@ mod p3_lane;
 pub mod profile;
 mod queue_lane;
 mod reuse;
+pub mod shed;
 #[cfg(feature = "wasip3")]
 mod stall;
 mod state;
 mod sync_lane;
+pub mod thread_control;
 
 use crate::component::{HandlerKind, LoadError, LoadedComponent, one_line};
 use crate::config::{ExecutionConfig, GuestGrants, InvocationLimits, Lane, Origin};
@@ -59,6 +61,8 @@ pub fn async_stalls() -> u64 {
 /// Everything an executor needs besides the component.
 #[derive(Clone, Debug)]
 pub struct ExecSettings {
+    /// The function's name, for log lines.
+    pub function: Arc<str>,
     /// Per-invocation limits.
     pub limits: InvocationLimits,
     /// What guests are granted.
@@ -67,6 +71,9 @@ pub struct ExecSettings {
     pub execution: ExecutionConfig,
     /// Where the function's calls are counted.
     pub profile: Arc<profile::Profile>,
+    /// The function's adaptive limit on calls at once, with
+    /// `--load-shedding on`.
+    pub shedder: Option<Arc<shed::Shedder>>,
 }
 
 /// Links `component` for `lane` and starts that lane. The sync lane spawns its
@@ -97,11 +104,7 @@ pub fn start(
             {
                 let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
                     .map_err(link_error)?;
-                let function = component
-                    .path
-                    .file_stem()
-                    .map_or_else(|| "function".into(), |s| s.to_string_lossy().into());
-                Arc::new(p3_lane::P3Lane::new(pre, settings, function))
+                Arc::new(p3_lane::P3Lane::new(pre, settings))
             }
             #[cfg(not(feature = "wasip3"))]
             return Err(link_error(wasmtime::Error::msg(
@@ -114,19 +117,22 @@ pub fn start(
                     .map_err(link_error)?;
                 let reuse =
                     reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
-                Arc::new(async_lane::AsyncLane::new(pre, settings, reuse))
+                let shedder = settings.shedder.clone();
+                shed::Shed::wrap(async_lane::AsyncLane::new(pre, settings, reuse), shedder)
             }
             Lane::Sync => {
                 let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
                 let reuse =
                     reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
-                Arc::new(sync_lane::SyncLane::start(
+                let shedder = settings.shedder.clone();
+                let lane = sync_lane::SyncLane::start(
                     pre,
                     settings,
                     reuse,
                     tokio::runtime::Handle::current(),
-                ))
+                );
+                shed::Shed::wrap(lane, shedder)
             }
         },
     };

@@ -58,16 +58,15 @@ pub struct P3Lane {
 }
 
 impl P3Lane {
-    /// A lane instantiating `pre` (the component of `function`) as requests
-    /// need instances.
-    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings, function: Arc<str>) -> Self {
+    /// A lane instantiating `pre` as requests need instances.
+    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings) -> Self {
         Self {
             handler: ProxyHandler::new(P3Instances {
                 engine: pre.engine().clone(),
                 pre: ProxyPre::P3(pre),
                 outbound: settings.grants.outbound.clone().into(),
+                function: settings.function.clone(),
                 settings,
-                function,
                 watch: StallWatch::start(),
             }),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),

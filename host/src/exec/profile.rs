@@ -12,6 +12,9 @@
 //! (`/proc/self/task/TID/schedstat`), and a snapshot adds it up for the
 //! function's threads, so a loaded machine does not make a CPU-bound
 //! function look as if it waited.
+//!
+//! The profile also carries the sync lane's thread count and how often
+//! `--threads auto` changed it, so `GET /functions` shows them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +27,12 @@ pub struct Profile {
     queued_ns: AtomicU64,
     /// The function's sync-lane threads, by kernel thread id.
     threads: std::sync::Mutex<Vec<libc::pid_t>>,
+    /// Time ready without a core of the sync-lane threads that have left.
+    left_descheduled_ns: AtomicU64,
+    /// Sync-lane threads running now.
+    sync_threads: AtomicU64,
+    /// Changes `--threads auto` made.
+    thread_changes: AtomicU64,
 }
 
 /// A reading of a [`Profile`].
@@ -39,6 +48,12 @@ pub struct ProfileSnapshot {
     /// core, in nanoseconds.
     #[serde(default)]
     pub descheduled_ns: u64,
+    /// Sync-lane threads running now (a gauge, not a sum over time).
+    #[serde(default)]
+    pub sync_threads: u64,
+    /// Changes `--threads auto` made to the thread count.
+    #[serde(default)]
+    pub thread_changes: u64,
 }
 
 impl Profile {
@@ -59,18 +74,46 @@ impl Profile {
             .push(tid);
     }
 
+    /// No longer counts the calling thread, which is leaving; keeps the
+    /// time it spent ready without a core.
+    pub fn remove_this_thread(&self) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|&other| other != tid);
+        self.left_descheduled_ns
+            .fetch_add(run_delay_ns(tid), Ordering::Relaxed);
+    }
+
+    /// Records that the sync lane runs `threads` threads now.
+    pub fn set_threads(&self, threads: usize) {
+        self.sync_threads.store(threads as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one change `--threads auto` made.
+    pub fn count_thread_change(&self) {
+        self.thread_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time the function's sync-lane threads, present and past, have been
+    /// ready to run without a core, in nanoseconds.
+    pub fn descheduled_ns(&self) -> u64 {
+        // Read under the lock: a thread leaving moves its time from one
+        // count to the other.
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let present: u64 = threads.iter().copied().map(run_delay_ns).sum();
+        present + self.left_descheduled_ns.load(Ordering::Relaxed)
+    }
+
     /// The counts so far.
     pub fn snapshot(&self) -> ProfileSnapshot {
-        let threads = self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         ProfileSnapshot {
             calls: self.calls.load(Ordering::Relaxed),
             cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
             queued_ns: self.queued_ns.load(Ordering::Relaxed),
-            descheduled_ns: threads.into_iter().map(run_delay_ns).sum(),
+            descheduled_ns: self.descheduled_ns(),
+            sync_threads: self.sync_threads.load(Ordering::Relaxed),
+            thread_changes: self.thread_changes.load(Ordering::Relaxed),
         }
     }
 }
@@ -128,7 +171,7 @@ mod tests {
                 calls: 1,
                 cpu_ns: 3_000_000,
                 queued_ns: 1_000_000,
-                descheduled_ns: 0,
+                ..ProfileSnapshot::default()
             }
         );
         profile.add_this_thread();

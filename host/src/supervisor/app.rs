@@ -106,7 +106,8 @@ impl Generation {
                         timeout_ms: spec.config.invocation.timeout.as_millis() as u64,
                         max_memory: spec.config.invocation.max_memory,
                         max_fuel: execution.max_fuel,
-                        threads: execution.threads,
+                        threads: execution.threads.to_string(),
+                        load_shedding: execution.load_shedding,
                         instance_reuse: execution.instance_reuse,
                         max_concurrent: spec.max_concurrent,
                     },
@@ -202,6 +203,12 @@ pub struct ProfileView {
     pub cpu_share: f64,
     /// Calls running now.
     pub in_flight: usize,
+    /// Sync-lane threads running now, summed over the workers (0 in the
+    /// async lane).
+    pub sync_threads: u64,
+    /// Changes `--threads auto` made to them (each is in the log with
+    /// its reason).
+    pub thread_changes: u64,
     /// The most calls that ran at once.
     pub peak_in_flight: usize,
     /// `io-bound`, `cpu-bound`, `mixed`, or `unknown` before any call.
@@ -253,6 +260,8 @@ impl ProfileView {
             mean_queued_ms,
             cpu_share,
             in_flight: live.in_flight.load(Ordering::Relaxed),
+            sync_threads: measured.sync_threads,
+            thread_changes: measured.thread_changes,
             peak_in_flight: live.peak_in_flight.load(Ordering::Relaxed),
             class,
             advised_threads,
@@ -284,8 +293,10 @@ pub struct FunctionSettingsView {
     pub max_memory: u64,
     /// `max_fuel`, if set.
     pub max_fuel: Option<u64>,
-    /// Sync-lane threads.
-    pub threads: usize,
+    /// Sync-lane threads: `auto` or a count.
+    pub threads: String,
+    /// `load_shedding`: on or off.
+    pub load_shedding: bool,
     /// `instance_reuse`, if set.
     pub instance_reuse: Option<u32>,
     /// `max_concurrent`, if set.

@@ -219,6 +219,11 @@ fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body>
     if error.kind == FailureKind::NoRoute {
         // A client's mistake, not the host's: not worth a warning each.
         tracing::debug!("[{id}] {}", error.detail);
+    } else if error.kind == FailureKind::Capacity {
+        // Refusals come by the thousand under overload, and are the host
+        // working as meant: `/metrics` counts them, and the limits that
+        // cause them log when they change.
+        tracing::debug!("[{id}] refused: {}", error.detail);
     } else {
         tracing::warn!("[{id}] invocation failed: {}: {}", error.kind, error.detail);
     }

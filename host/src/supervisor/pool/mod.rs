@@ -93,6 +93,15 @@ impl FunctionLive {
         profile.cpu_ns += new.cpu_ns;
         profile.queued_ns += new.queued_ns;
         profile.descheduled_ns += new.descheduled_ns;
+        profile.thread_changes += new.thread_changes;
+    }
+
+    /// A worker that reported `before` sync-lane threads now reports `now`.
+    fn move_threads(&self, before: u64, now: u64) {
+        if now != before {
+            let mut profile = self.profile.lock().expect("profile");
+            profile.sync_threads = (profile.sync_threads + now).saturating_sub(before);
+        }
     }
 }
 
@@ -147,6 +156,18 @@ pub struct WorkerLink {
     gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
     recycle: Notify,
+}
+
+impl Drop for WorkerLink {
+    /// A worker gone takes its sync-lane threads out of its functions' counts.
+    fn drop(&mut self) {
+        let seen = self.profiled.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (&(generation, function), last) in seen.iter() {
+            if let Some(function) = (self.lookup)(generation, function) {
+                function.move_threads(last.sync_threads, 0);
+            }
+        }
+    }
 }
 
 impl WorkerLink {
@@ -211,16 +232,20 @@ impl WorkerLink {
             let key = (report.generation, report.function);
             let before = seen.insert(key, report.profile).unwrap_or_default();
             let now = report.profile;
+            let Some(function) = (self.lookup)(report.generation, report.function) else {
+                continue;
+            };
+            function.move_threads(before.sync_threads, now.sync_threads);
             let new = crate::exec::profile::ProfileSnapshot {
                 calls: now.calls.saturating_sub(before.calls),
                 cpu_ns: now.cpu_ns.saturating_sub(before.cpu_ns),
                 queued_ns: now.queued_ns.saturating_sub(before.queued_ns),
                 descheduled_ns: now.descheduled_ns.saturating_sub(before.descheduled_ns),
+                sync_threads: 0,
+                thread_changes: now.thread_changes.saturating_sub(before.thread_changes),
             };
-            if new.calls > 0
-                && let Some(function) = (self.lookup)(report.generation, report.function)
-            {
-                function.add(new);
+            function.add(new);
+            if new.calls > 0 {
                 self.metrics.record_profile(
                     &function.name,
                     function.lane,

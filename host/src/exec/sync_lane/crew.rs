@@ -1,0 +1,224 @@
+//! The sync lane's threads: how many there are, how many the lane wants,
+//! what they measured, and, with `--threads auto`, the controller that
+//! changes the count while serving (`exec/thread_control.rs`).
+//!
+//! A thread is started by [`Crew::grow_to`]; it leaves when it finds the
+//! crew over its target, after a call or on a [`Work::Retire`] that
+//! [`Crew::shrink_to`] queues for idle threads.
+
+use super::Work;
+use super::thread::Runner;
+use crate::exec::thread_control::{CONTROL_INTERVAL, Change, Sample, ThreadController};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// What a sync lane's calls cost, cumulative (the controller takes
+/// differences).
+#[derive(Debug, Default)]
+pub(super) struct LaneLoad {
+    calls: AtomicU64,
+    busy_ns: AtomicU64,
+    cpu_ns: AtomicU64,
+    queued_ns: AtomicU64,
+    /// Calls in the queue now.
+    pub(super) waiting: AtomicUsize,
+}
+
+impl LaneLoad {
+    /// Counts one finished call: its time on a thread, its CPU, and its
+    /// time in the queue.
+    pub(super) fn record(&self, busy: Duration, cpu: Duration, queued: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.busy_ns.fetch_add(nanos(busy), Ordering::Relaxed);
+        self.cpu_ns.fetch_add(nanos(cpu), Ordering::Relaxed);
+        self.queued_ns.fetch_add(nanos(queued), Ordering::Relaxed);
+    }
+}
+
+/// The lane's threads.
+pub(super) struct Crew {
+    runner: Runner,
+    jobs: Mutex<Receiver<Work>>,
+    runtime: tokio::runtime::Handle,
+    /// Threads running now.
+    alive: AtomicUsize,
+    /// Threads the lane wants.
+    target: AtomicUsize,
+    /// Threads ever started, for their names.
+    started: AtomicUsize,
+    /// What the calls cost.
+    pub(super) load: LaneLoad,
+}
+
+impl Crew {
+    /// A crew of no threads yet, taking calls from `jobs`; their host
+    /// calls that need async I/O run on `runtime`.
+    pub(super) fn new(
+        runner: Runner,
+        jobs: Receiver<Work>,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            runner,
+            jobs: Mutex::new(jobs),
+            runtime,
+            alive: AtomicUsize::new(0),
+            target: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            load: LaneLoad::default(),
+        })
+    }
+
+    /// Threads running now.
+    pub(super) fn threads(&self) -> usize {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Starts threads until `threads` run.
+    pub(super) fn grow_to(self: &Arc<Self>, threads: usize) {
+        self.target.store(threads, Ordering::Relaxed);
+        while self
+            .alive
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alive| {
+                (alive < threads).then_some(alive + 1)
+            })
+            .is_ok()
+        {
+            let crew = self.clone();
+            let index = self.started.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("fnhost-sync-{index}"))
+                .spawn(move || {
+                    let _entered = crew.runtime.enter();
+                    let profile = crew.runner.profile();
+                    profile.add_this_thread();
+                    crew.runner.serve(&crew);
+                    profile.remove_this_thread();
+                });
+            if let Err(error) = spawned {
+                self.alive.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("cannot start a sync-lane thread: {error}");
+                break;
+            }
+        }
+        self.runner.profile().set_threads(self.threads());
+    }
+
+    /// Asks threads to leave until `threads` run: busy ones leave after
+    /// their call; `queue` carries a retire note to idle ones.
+    pub(super) fn shrink_to(&self, threads: usize, queue: &SyncSender<Work>) {
+        self.target.store(threads, Ordering::Relaxed);
+        let excess = self.threads().saturating_sub(threads);
+        for _ in 0..excess {
+            if queue.try_send(Work::Retire).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The next call or retire note; `None` once the lane has stopped.
+    pub(super) fn next_work(&self) -> Option<Work> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let work = jobs.recv().ok()?;
+        if matches!(work, Work::Call(_)) {
+            self.load.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(work)
+    }
+
+    /// Whether the calling thread should leave because the crew is over
+    /// its target; if so it is no longer counted.
+    pub(super) fn retire_one(&self) -> bool {
+        let target = self.target.load(Ordering::Relaxed);
+        let left = self
+            .alive
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alive| {
+                (alive > target).then(|| alive - 1)
+            });
+        match left {
+            Ok(before) => {
+                self.runner.profile().set_threads(before - 1);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Runs the `--threads auto` controller for this crew every
+    /// [`CONTROL_INTERVAL`] until the lane stops (`queue` is dropped).
+    pub(super) fn control(
+        self: &Arc<Self>,
+        mut controller: ThreadController,
+        queue: Weak<SyncSender<Work>>,
+    ) {
+        let crew = Arc::downgrade(self);
+        let function = self.runner.function();
+        self.runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(CONTROL_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            let mut before = Reading::default();
+            let mut at = Instant::now();
+            loop {
+                ticker.tick().await;
+                let (Some(crew), Some(queue)) = (crew.upgrade(), queue.upgrade()) else {
+                    return;
+                };
+                let now = Reading::of(&crew);
+                let sample = now.since(&before, at.elapsed(), &crew);
+                (before, at) = (now, Instant::now());
+                let Some(Change { from, to, reason }) = controller.step(&sample) else {
+                    continue;
+                };
+                tracing::info!("function {function}: sync-lane threads {from} → {to}: {reason}");
+                crew.runner.profile().count_thread_change();
+                if to > from {
+                    crew.grow_to(to);
+                } else {
+                    crew.shrink_to(to, &queue);
+                }
+            }
+        });
+    }
+}
+
+/// The cumulative counts at one instant.
+#[derive(Clone, Copy, Default)]
+struct Reading {
+    calls: u64,
+    busy_ns: u64,
+    cpu_ns: u64,
+    queued_ns: u64,
+    descheduled_ns: u64,
+}
+
+impl Reading {
+    fn of(crew: &Crew) -> Self {
+        let load = &crew.load;
+        Self {
+            calls: load.calls.load(Ordering::Relaxed),
+            busy_ns: load.busy_ns.load(Ordering::Relaxed),
+            cpu_ns: load.cpu_ns.load(Ordering::Relaxed),
+            queued_ns: load.queued_ns.load(Ordering::Relaxed),
+            descheduled_ns: crew.runner.profile().descheduled_ns(),
+        }
+    }
+
+    fn since(&self, before: &Self, interval: Duration, crew: &Crew) -> Sample {
+        Sample {
+            interval,
+            calls: self.calls.saturating_sub(before.calls),
+            busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            descheduled_ns: self.descheduled_ns.saturating_sub(before.descheduled_ns),
+            queued_ns: self.queued_ns.saturating_sub(before.queued_ns),
+            waiting: crew.load.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
