@@ -4,17 +4,24 @@
 //!
 //! What it reads from the lane, per interval ([`Sample`]):
 //! - **demand**: calls waiting for a thread, the mean over the interval
-//!   (their queued time over the interval's length, by Little's law) or
-//!   the count waiting now, whichever is more;
-//! - **core share**: the part of a busy thread's time that needs a core,
-//!   `(CPU + time ready to run without a core) / time in calls`, smoothed.
-//!   A call sleeping on a timer or waiting on a socket needs none.
+//!   (their queued time over the interval's length, by Little's law), or
+//!   the count waiting now when that is a quarter of the threads or more
+//!   (a burst, before its calls have finished and told their wait); a
+//!   call or two waiting at the instant of the sample, while a thread
+//!   prepares its next instance, is not demand;
+//! - **core share**: the part of a busy thread's time that needs a core
+//!   when one is free, `CPU / (time in calls − time ready to run without a
+//!   core)`, smoothed. A call sleeping on a timer or waiting on a socket
+//!   needs none.
 //!
 //! From the share follows a **ceiling**, `cores / share`: the rule of
 //! thumb `threads = cores × (1 + wait / compute)` with the kernel's own
 //! accounting in place of a guess. More threads than that would only queue
-//! for the cores. Time ready without a core is counted as needing one, so
-//! a CPU-bound lane on a busy machine does not look as if it waited. The
+//! for the cores. Time ready without a core is taken out of the time in
+//! calls, so a CPU-bound lane on a busy machine does not look as if it
+//! waited (its threads' CPU is all of the time they had a core), and a
+//! waiting lane beside it does not look CPU-bound because its threads wait
+//! a moment for a core after each wake-up. The
 //! ceiling is rounded up less a quarter of a thread, so measurement noise
 //! (a share of 0.98) does not put a CPU-bound lane one thread above the
 //! cores.
@@ -25,6 +32,8 @@
 //!    threads would give if each added as much as the old ones did, more
 //!    threads stopped adding throughput (a saturated downstream, a lock):
 //!    go back, and hold that count as a cap for [`CAP_HOLD_INTERVALS`].
+//!    Growths under [`JUDGED_FROM`] are not judged: their expected gain is
+//!    within the noise of one interval's count.
 //! 2. **Over the ceiling**: shrink to it.
 //! 3. **Grow** while calls wait and the lane is under its ceiling: by as
 //!    many threads as calls wait, at most doubling per step.
@@ -45,8 +54,10 @@ pub const CONTROL_INTERVAL: Duration = Duration::from_millis(250);
 pub const SETTLE_INTERVALS: u32 = 1;
 /// Part of the proportional throughput gain a growth must bring to stand.
 pub const MIN_GAIN: f64 = 0.5;
-/// Intervals a count found not to pay is held as a cap (30 s).
-pub const CAP_HOLD_INTERVALS: u32 = 120;
+/// The smallest growth judged, as a ratio of thread counts.
+pub const JUDGED_FROM: f64 = 1.25;
+/// Intervals a count found not to pay is held as a cap (10 s).
+pub const CAP_HOLD_INTERVALS: u32 = 40;
 /// Intervals of low use before the lane shrinks (5 s).
 pub const IDLE_INTERVALS: u32 = 20;
 /// Mean calls waiting below which an interval counts as idle.
@@ -79,11 +90,15 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Calls waiting for a thread: the interval's mean or now, whichever
-    /// is more.
-    fn demand(&self) -> f64 {
+    /// Calls waiting for a thread, for a lane of `threads`: the
+    /// interval's mean, or the count now when it is a burst.
+    fn demand(&self, threads: usize) -> f64 {
         let mean = self.queued_ns as f64 / nanos(self.interval);
-        mean.max(self.waiting as f64)
+        if self.waiting * 4 >= threads {
+            mean.max(self.waiting as f64)
+        } else {
+            mean
+        }
     }
 
     /// Threads busy on average over the interval.
@@ -96,11 +111,16 @@ impl Sample {
         self.calls as f64 / self.interval.as_secs_f64().max(f64::EPSILON)
     }
 
-    /// The part of the busy threads' time that needed a core, if any call
-    /// finished.
+    /// The part of the busy threads' time that needed a core when one was
+    /// free, if any call finished.
     fn core_share(&self) -> Option<f64> {
         (self.busy_ns > 0).then(|| {
-            ((self.cpu_ns + self.descheduled_ns) as f64 / self.busy_ns as f64).clamp(MIN_SHARE, 1.0)
+            let had_a_core = self
+                .busy_ns
+                .saturating_sub(self.descheduled_ns)
+                .max(self.cpu_ns)
+                .max(1);
+            (self.cpu_ns as f64 / had_a_core as f64).clamp(MIN_SHARE, 1.0)
         })
     }
 }
@@ -185,7 +205,7 @@ impl ThreadController {
         if let Some((cap, left)) = self.cap {
             self.cap = left.checked_sub(1).map(|left| (cap, left));
         }
-        let demand = sample.demand();
+        let demand = sample.demand(self.threads);
         if let Some(change) = self.judge_growth(sample, demand) {
             return Some(change);
         }
@@ -204,7 +224,8 @@ impl ThreadController {
                 ),
             );
         }
-        if demand >= 1.0 && self.threads < ceiling {
+        // Without a finished call there is no share to size by yet.
+        if demand >= 1.0 && self.threads < ceiling && self.share.is_some() {
             let added = (demand.ceil() as usize).clamp(1, self.threads);
             let to = (self.threads + added).min(ceiling);
             self.probe = Some(Probe {
@@ -235,6 +256,9 @@ impl ThreadController {
             return None;
         }
         let thread_gain = self.threads as f64 / probe.threads_before as f64;
+        if thread_gain < JUDGED_FROM {
+            return None;
+        }
         let needed = probe.rate_before * (1.0 + MIN_GAIN * (thread_gain - 1.0));
         let rate = sample.rate();
         if rate >= needed {
@@ -367,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_function_beside_a_cpu_bound_one_still_grows() {
+        // The cores are busy with another function: each wake-up waits
+        // 2 ms for a core, which is not a reason to stop growing.
+        let sleeper = Workload {
+            clients: 200,
+            cpu_ms: 0.1,
+            wait_ms: 50.0,
+            cores: 2,
+            downstream: f64::INFINITY,
+        };
+        let mut controller = ThreadController::new(6, 256, 2);
+        for _ in 0..14 {
+            let mut sample = sleeper.sample(controller.threads());
+            sample.descheduled_ns = sample.calls * 2_000_000;
+            sample.busy_ns += sample.descheduled_ns;
+            controller.step(&sample);
+        }
+        assert_eq!(controller.threads(), 200);
+    }
+
+    #[test]
     fn a_cpu_bound_function_stays_at_the_cores() {
         let cruncher = Workload {
             clients: 8,
@@ -463,6 +508,29 @@ mod tests {
             let sample = trickle.sample(controller.threads());
             assert_eq!(controller.step(&sample), None);
         }
+    }
+
+    #[test]
+    fn a_call_or_two_waiting_at_the_sample_is_not_demand() {
+        let mut controller = ThreadController::new(200, 256, 2);
+        let sample = Sample {
+            interval: CONTROL_INTERVAL,
+            calls: 1000,
+            busy_ns: 200 * CONTROL_INTERVAL.as_nanos() as u64,
+            cpu_ns: 100_000_000,
+            queued_ns: 40_000_000,
+            waiting: 3,
+            ..Sample::default()
+        };
+        assert_eq!(controller.step(&sample), None);
+        // Nor is a burst before any call has finished.
+        let mut fresh = ThreadController::new(6, 256, 2);
+        let burst = Sample {
+            interval: CONTROL_INTERVAL,
+            waiting: 100,
+            ..Sample::default()
+        };
+        assert_eq!(fresh.step(&burst), None);
     }
 
     #[test]
