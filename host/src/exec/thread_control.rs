@@ -35,8 +35,10 @@
 //!    Growths under [`JUDGED_FROM`] are not judged: their expected gain is
 //!    within the noise of one interval's count.
 //! 2. **Over the ceiling**: shrink to it.
-//! 3. **Grow** while calls wait and the lane is under its ceiling: by as
-//!    many threads as calls wait, at most doubling per step.
+//! 3. **Grow** while calls wait, at least 90% of the threads are busy (calls
+//!    can also wait for a free thread that is waiting for a core) and the
+//!    lane is under its ceiling: by as many threads as calls wait, at most
+//!    doubling per step.
 //! 4. **Idle**: after [`IDLE_INTERVALS`] in a row with no call waiting
 //!    and fewer than half the threads busy, shrink to 1.5 × the most that
 //!    were busy, but not below the starting count.
@@ -60,6 +62,9 @@ pub const JUDGED_FROM: f64 = 1.25;
 pub const CAP_HOLD_INTERVALS: u32 = 40;
 /// Intervals of low use before the lane shrinks (5 s).
 pub const IDLE_INTERVALS: u32 = 20;
+/// Part of the threads that must be busy for waiting calls to mean the
+/// lane is short of threads.
+const BUSY_FOR_GROWTH: f64 = 0.9;
 /// Mean calls waiting below which an interval counts as idle.
 const IDLE_DEMAND: f64 = 0.1;
 /// Part of a thread the ceiling rounds away.
@@ -87,6 +92,8 @@ pub struct Sample {
     pub queued_ns: u64,
     /// Calls waiting for a thread at the interval's end.
     pub waiting: usize,
+    /// Threads in a call at the interval's end.
+    pub running: usize,
 }
 
 impl Sample {
@@ -104,6 +111,13 @@ impl Sample {
     /// Threads busy on average over the interval.
     fn busy_threads(&self) -> f64 {
         self.busy_ns as f64 / nanos(self.interval)
+    }
+
+    /// Threads busy: the interval's mean from the calls that finished in
+    /// it, or the count in a call now (calls longer than the interval),
+    /// whichever is more.
+    fn occupied(&self) -> f64 {
+        self.busy_threads().max(self.running as f64)
     }
 
     /// Calls finished per second.
@@ -224,8 +238,12 @@ impl ThreadController {
                 ),
             );
         }
-        // Without a finished call there is no share to size by yet.
-        if demand >= 1.0 && self.threads < ceiling && self.share.is_some() {
+        // Calls can wait while a thread is free but not yet running (on a
+        // busy machine a woken thread waits for a core): that is no
+        // shortage of threads. Without a finished call there is no share
+        // to size by yet.
+        let short_of_threads = sample.occupied() >= BUSY_FOR_GROWTH * self.threads as f64;
+        if demand >= 1.0 && short_of_threads && self.threads < ceiling && self.share.is_some() {
             let added = (demand.ceil() as usize).clamp(1, self.threads);
             let to = (self.threads + added).min(ceiling);
             self.probe = Some(Probe {
@@ -356,6 +374,7 @@ mod tests {
                 descheduled_ns: ns(calls * self.cpu_ms * (contention - 1.0)),
                 queued_ns: ns(waiting as f64 * interval * 1000.0),
                 waiting,
+                running: running as usize,
             }
         }
 
@@ -523,6 +542,16 @@ mod tests {
             ..Sample::default()
         };
         assert_eq!(controller.step(&sample), None);
+        // Nor a queue while a fifth of the threads are free: their wake-up
+        // is what the calls wait for.
+        let slow_wakeups = Sample {
+            queued_ns: 10 * CONTROL_INTERVAL.as_nanos() as u64,
+            waiting: 60,
+            busy_ns: 160 * CONTROL_INTERVAL.as_nanos() as u64,
+            running: 160,
+            ..sample
+        };
+        assert_eq!(controller.step(&slow_wakeups), None);
         // Nor is a burst before any call has finished.
         let mut fresh = ThreadController::new(6, 256, 2);
         let burst = Sample {

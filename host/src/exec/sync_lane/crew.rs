@@ -24,6 +24,8 @@ pub(super) struct LaneLoad {
     queued_ns: AtomicU64,
     /// Calls in the queue now.
     pub(super) waiting: AtomicUsize,
+    /// Threads in a call now.
+    pub(super) running: AtomicUsize,
 }
 
 impl LaneLoad {
@@ -215,6 +217,7 @@ impl Reading {
             descheduled_ns: self.descheduled_ns.saturating_sub(before.descheduled_ns),
             queued_ns: self.queued_ns.saturating_sub(before.queued_ns),
             waiting: crew.load.waiting.load(Ordering::Relaxed),
+            running: crew.load.running.load(Ordering::Relaxed),
         }
     }
 }
