@@ -94,7 +94,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_MAX_CONCURRENT_REUSE", default_value_t = DEFAULT_MAX_CONCURRENT_REUSE, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub(super) max_concurrent_reuse: u32,
 
-    /// Refuse calls beyond an adaptive limit at once (503 with Retry-After) when calls wait for the machine more than half their service time, so admitted calls keep about unloaded latency; not for WASIp3 components.
+    /// Refuse calls beyond an adaptive limit at once (503 with Retry-After) when calls wait for the machine more than a quarter of their service time, so admitted calls keep about unloaded latency; not for WASIp3 components.
     #[arg(long, env = "FNHOST_LOAD_SHEDDING", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
     pub(super) load_shedding: bool,
 

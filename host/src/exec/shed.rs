@@ -23,7 +23,7 @@
 //!
 //! Beyond the limit a call is refused at once with 503 `capacity` and
 //! `Retry-After`, so the calls admitted keep about the latency of an
-//! unloaded host (mean wait at most half the service time). The WASIp3
+//! unloaded host (mean wait at most a quarter of the service time). The WASIp3
 //! lane runs calls in wasmtime's own tasks, where fnhost cannot see their
 //! wake-ups: it is not limited.
 
@@ -39,7 +39,7 @@ pub const WINDOW: Duration = Duration::from_millis(100);
 /// Calls a window needs before it says anything.
 pub const MIN_CALLS: u64 = 8;
 /// Mean waiting, as a part of mean service, above which the limit falls.
-pub const TOLERANCE: f64 = 0.5;
+pub const TOLERANCE: f64 = 0.25;
 /// The limit never falls below this many calls.
 pub const MIN_LIMIT: usize = 1;
 /// A limit grown to this many calls is no limit.
@@ -246,9 +246,9 @@ mod tests {
         // Still waiting 3× the service at 8 in flight (20 calls of 20 ms).
         let w = window(40, 15.0, 5.0, 8);
         assert_eq!(next_limit(8, &w, WINDOW), 4);
-        // At 3 in flight they wait 2.5 ms for 5 ms of service: in bounds,
+        // At 3 in flight they wait 1 ms for 5 ms of service: in bounds,
         // and the limit was reached, so it grows.
-        let w = window(40, 2.5, 5.0, 3);
+        let w = window(40, 1.0, 5.0, 3);
         assert_eq!(next_limit(3, &w, WINDOW), 4);
     }
 
