@@ -307,7 +307,8 @@ def main():
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/release")
     parser.add_argument("--serve-flags", default="",
-                        help="overload: more `fnhost serve` flags, e.g. '--load-shedding on'")
+                        help="overload: the flags of the second server, instead of "
+                             "'--load-shedding on'")
     args = parser.parse_args()
     args.extra = args.serve_flags.split()
     bench.raise_fd_limit()

@@ -18,6 +18,41 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A streaming HTTP body as it travels between a trigger and a dispatch.
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
+/// `response` with `held` kept alive until its body ends or is dropped:
+/// a concurrency slot stays taken while the guest still streams.
+pub fn hold_until_body_ends<T: Send + Unpin + 'static>(
+    response: http::Response<Body>,
+    held: T,
+) -> http::Response<Body> {
+    response.map(|inner| http_body_util::BodyExt::boxed_unsync(HoldingBody { inner, _held: held }))
+}
+
+/// A response body that keeps something alive until it ends or is dropped.
+struct HoldingBody<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Why a body stream stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

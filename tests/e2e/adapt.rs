@@ -92,29 +92,35 @@ fn function_view(server: &Server) -> serde_json::Value {
 #[test]
 fn auto_threads_grow_a_waiting_function_and_serve_more_than_the_fixed_default() {
     // 64 clients of a function that waits 100 ms per call in the sync lane:
-    // six threads can finish at most 60 calls a second.
+    // the starting count, min(32, cores + 4), can finish at most ten calls
+    // a second per thread.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = (cores + 4).min(32).to_string();
     let sleep = example("sleep");
     let path = "/?ms=100";
     let run = Duration::from_secs(4);
-    let fixed = Server::start(&sleep, &["--mode", "sync", "--threads", "6"]);
-    let with_six = load(&fixed, path, 64, run);
+    let fixed = Server::start(&sleep, &["--mode", "sync", "--threads", &start]);
+    let with_start = load(&fixed, path, 64, run);
     drop(fixed);
     let auto = Server::start(&sleep, &["--mode", "sync", "--admin", "127.0.0.1:0"]);
     let with_auto = load(&auto, path, 64, run);
-    assert!(with_six.other.is_empty(), "{:?}", with_six.other);
+    assert!(with_start.other.is_empty(), "{:?}", with_start.other);
     assert!(with_auto.other.is_empty(), "{:?}", with_auto.other);
     assert!(
-        with_auto.ok.len() >= 2 * with_six.ok.len(),
-        "auto finished {} calls, 6 threads {}",
+        with_auto.ok.len() >= 2 * with_start.ok.len(),
+        "auto finished {} calls, {start} threads {}",
         with_auto.ok.len(),
-        with_six.ok.len()
+        with_start.ok.len()
     );
     // Each change is logged with its reason, and /functions shows the count.
-    let grew = auto.wait_for_log("sync-lane threads 6 → 12", Duration::from_secs(1));
+    let grew = auto.wait_for_log(
+        &format!("sync-lane threads {start} → "),
+        Duration::from_secs(1),
+    );
     assert!(grew.contains("calls waiting for a thread"), "{grew}");
     crate::support::wait_until(Duration::from_secs(5), "the threads reported", || {
         let view = function_view(&auto);
-        view["profile"]["sync_threads"].as_u64().unwrap_or(0) > 6
+        view["profile"]["sync_threads"].as_u64().unwrap_or(0) > (cores as u64 + 4).min(32)
             && view["profile"]["thread_changes"].as_u64().unwrap_or(0) >= 1
     });
     assert_eq!(function_view(&auto)["settings"]["threads"], "auto");

@@ -4,17 +4,13 @@
 
 use super::Router;
 use crate::invocation::{
-    Body, Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, QueueInvocation,
-    QueueResult,
+    Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, QueueInvocation,
+    QueueResult, hold_until_body_ends,
 };
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 /// One function as the router sees it: its name, where its invocations
 /// run, and its cap.
@@ -118,13 +114,7 @@ impl Dispatch for AppDispatch {
                 }
             })?;
             // The slot is the function's until its response body ends.
-            Ok(response.map(|inner| {
-                HoldingBody {
-                    inner,
-                    _permit: permit,
-                }
-                .boxed_unsync()
-            }))
+            Ok(hold_until_body_ends(response, permit))
         })
     }
 
@@ -189,32 +179,5 @@ impl<V: AppVersion> Dispatch for CurrentVersion<V> {
             drop(version);
             result
         })
-    }
-}
-
-/// A response body that holds its function's concurrency slot until it
-/// ends or is dropped.
-struct HoldingBody {
-    inner: Body,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl hyper::body::Body for HoldingBody {
-    type Data = Bytes;
-    type Error = crate::invocation::BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -127,7 +127,8 @@ fn run_delay_ns(tid: libc::pid_t) -> u64 {
         .unwrap_or(0)
 }
 
-fn nanos(duration: Duration) -> u64 {
+/// `duration` in nanoseconds, saturating.
+pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 

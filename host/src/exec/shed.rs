@@ -12,7 +12,8 @@
 //! Service does not grow with load; waiting does. So the limit needs no
 //! baseline latency measured when the host was idle (which a host that
 //! starts under overload never sees): it compares the two, every
-//! [`WINDOW`] with at least [`MIN_CALLS`] calls finished.
+//! [`WINDOW`] with at least [`MIN_CALLS`] calls finished (or ten windows,
+//! for calls so slow that fewer finish).
 //! - Waiting more than [`TOLERANCE`] of service, on average: the limit
 //!   becomes the calls that were in flight (by Little's law, their
 //!   summed time over the window) scaled by `(1 + TOLERANCE) / (1 + waiting
@@ -27,7 +28,10 @@
 //! lane runs calls in wasmtime's own tasks, where fnhost cannot see their
 //! wake-ups: it is not limited.
 
-use crate::invocation::{Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError};
+use super::profile::nanos;
+use crate::invocation::{
+    Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, hold_until_body_ends,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,7 +142,8 @@ impl Shedder {
         window.waiting_ns += nanos(waiting);
         window.service_ns += nanos(service);
         let length = window.started.elapsed();
-        if length < WINDOW || window.calls < MIN_CALLS {
+        // Slow calls may never fill a window: after ten, judge what came.
+        if length < WINDOW || (window.calls < MIN_CALLS && length < WINDOW * 10) {
             return;
         }
         let old = self.limit.load(Ordering::Relaxed);
@@ -183,11 +188,9 @@ impl<D: Dispatch> Dispatch for Shed<D> {
         match self.shedder.admit() {
             Ok(admitted) => {
                 let call = self.lane.dispatch_http(invocation);
-                Box::pin(async move {
-                    let result = call.await;
-                    drop(admitted);
-                    result
-                })
+                // The call counts until its response body ends: the guest
+                // may still be writing it.
+                Box::pin(async move { Ok(hold_until_body_ends(call.await?, admitted)) })
             }
             Err(limit) => Box::pin(std::future::ready(Err(InvocationError::new(
                 FailureKind::Capacity,
@@ -215,10 +218,6 @@ fn next_limit(limit: usize, window: &Window, length: Duration) -> usize {
         return (limit + (limit / 10).max(1)).min(UNLIMITED_FROM);
     }
     limit
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -35,10 +35,10 @@
 //!    Growths under [`JUDGED_FROM`] are not judged: their expected gain is
 //!    within the noise of one interval's count.
 //! 2. **Over the ceiling**: shrink to it.
-//! 3. **Grow** while calls wait, at least 90% of the threads are busy (calls
-//!    can also wait for a free thread that is waiting for a core) and the
-//!    lane is under its ceiling: by as many threads as calls wait, at most
-//!    doubling per step.
+//! 3. **Grow** while calls wait, no thread is idle or at least 90% are in a
+//!    call (calls can also wait for a free thread that is waiting for a
+//!    core), and the lane is under its ceiling: by as many threads as calls
+//!    wait, at most doubling per step.
 //! 4. **Idle**: after [`IDLE_INTERVALS`] in a row with no call waiting
 //!    and fewer than half the threads busy, shrink to 1.5 × the most that
 //!    were busy, but not below the starting count.
@@ -94,6 +94,8 @@ pub struct Sample {
     pub waiting: usize,
     /// Threads in a call at the interval's end.
     pub running: usize,
+    /// Threads waiting for a call at the interval's end.
+    pub idle: usize,
 }
 
 impl Sample {
@@ -197,6 +199,12 @@ impl ThreadController {
         self.threads
     }
 
+    /// Whether the controller may still add threads (it is under its
+    /// ceiling and cap).
+    pub fn can_grow(&self) -> bool {
+        self.threads < self.ceiling()
+    }
+
     /// The most threads the cores can keep busy, by the smoothed share.
     /// [`CEILING_SLACK`] keeps a share of 0.98 on 2 cores at 2 threads.
     fn ceiling(&self) -> usize {
@@ -240,9 +248,11 @@ impl ThreadController {
         }
         // Calls can wait while a thread is free but not yet running (on a
         // busy machine a woken thread waits for a core): that is no
-        // shortage of threads. Without a finished call there is no share
+        // shortage of threads. A lane with no thread idle is short even
+        // if its threads spend time between calls preparing instances. Without a finished call there is no share
         // to size by yet.
-        let short_of_threads = sample.occupied() >= BUSY_FOR_GROWTH * self.threads as f64;
+        let short_of_threads =
+            sample.idle == 0 || sample.occupied() >= BUSY_FOR_GROWTH * self.threads as f64;
         if demand >= 1.0 && short_of_threads && self.threads < ceiling && self.share.is_some() {
             let added = (demand.ceil() as usize).clamp(1, self.threads);
             let to = (self.threads + added).min(ceiling);
@@ -296,7 +306,7 @@ impl ThreadController {
 
     /// Step 4: shrinks a lane that has had more threads than it used.
     fn shrink_when_idle(&mut self, sample: &Sample, demand: f64) -> Option<Change> {
-        let busy = sample.busy_threads();
+        let busy = sample.occupied();
         if demand >= IDLE_DEMAND || busy >= self.threads as f64 / 2.0 {
             self.idle_intervals = 0;
             self.idle_peak_busy = 0.0;
@@ -375,6 +385,7 @@ mod tests {
                 queued_ns: ns(waiting as f64 * interval * 1000.0),
                 waiting,
                 running: running as usize,
+                idle: threads.saturating_sub(self.clients),
             }
         }
 
@@ -539,6 +550,7 @@ mod tests {
             cpu_ns: 100_000_000,
             queued_ns: 40_000_000,
             waiting: 3,
+            idle: 54,
             ..Sample::default()
         };
         assert_eq!(controller.step(&sample), None);
@@ -549,6 +561,7 @@ mod tests {
             waiting: 60,
             busy_ns: 160 * CONTROL_INTERVAL.as_nanos() as u64,
             running: 160,
+            idle: 40,
             ..sample
         };
         assert_eq!(controller.step(&slow_wakeups), None);

@@ -4,12 +4,15 @@
 //!
 //! A thread is started by [`Crew::grow_to`]; it leaves when it finds the
 //! crew over its target, after a call or on a [`Work::Retire`] that
-//! [`Crew::shrink_to`] queues for idle threads.
+//! [`Crew::reconcile`] queues for idle threads. The controller reconciles
+//! the crew with its count on every tick, and the profile's thread gauge
+//! is written there, by one writer.
 
 use super::Work;
 use super::thread::Runner;
+use crate::exec::profile::nanos;
 use crate::exec::thread_control::{CONTROL_INTERVAL, Change, Sample, ThreadController};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -26,6 +29,11 @@ pub(super) struct LaneLoad {
     pub(super) waiting: AtomicUsize,
     /// Threads in a call now.
     pub(super) running: AtomicUsize,
+    /// Threads waiting for a call now.
+    idle: AtomicUsize,
+    /// Whether `--threads auto` may still add threads: while it may, time
+    /// queued for a thread is the controller's to remove, not load to shed.
+    pub(super) can_grow: AtomicBool,
 }
 
 impl LaneLoad {
@@ -80,7 +88,7 @@ impl Crew {
 
     /// Starts threads until `threads` run.
     pub(super) fn grow_to(self: &Arc<Self>, threads: usize) {
-        self.target.store(threads, Ordering::Relaxed);
+        self.target.fetch_max(threads, Ordering::Relaxed);
         while self
             .alive
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alive| {
@@ -108,22 +116,34 @@ impl Crew {
         self.runner.profile().set_threads(self.threads());
     }
 
-    /// Asks threads to leave until `threads` run: busy ones leave after
-    /// their call; `queue` carries a retire note to idle ones.
-    pub(super) fn shrink_to(&self, threads: usize, queue: &SyncSender<Work>) {
+    /// Brings the crew to `threads`: starts the missing ones (a change,
+    /// or a thread that could not be started before), or asks the extra
+    /// ones to leave. Busy threads leave after their call; while no call
+    /// waits, `queue` carries retire notes to idle ones (again on each
+    /// tick, for notes a full queue refused).
+    pub(super) fn reconcile(self: &Arc<Self>, threads: usize, queue: &SyncSender<Work>) {
         self.target.store(threads, Ordering::Relaxed);
-        let excess = self.threads().saturating_sub(threads);
-        for _ in 0..excess {
-            if queue.try_send(Work::Retire).is_err() {
-                break;
+        let alive = self.threads();
+        if alive < threads {
+            self.grow_to(threads);
+        } else if alive > threads && self.load.waiting.load(Ordering::Relaxed) == 0 {
+            for _ in threads..alive {
+                if queue.try_send(Work::Retire).is_err() {
+                    break;
+                }
             }
         }
     }
 
     /// The next call or retire note; `None` once the lane has stopped.
     pub(super) fn next_work(&self) -> Option<Work> {
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let work = jobs.recv().ok()?;
+        self.load.idle.fetch_add(1, Ordering::Relaxed);
+        let work = {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            jobs.recv()
+        };
+        self.load.idle.fetch_sub(1, Ordering::Relaxed);
+        let work = work.ok()?;
         if matches!(work, Work::Call(_)) {
             self.load.waiting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -139,13 +159,7 @@ impl Crew {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alive| {
                 (alive > target).then(|| alive - 1)
             });
-        match left {
-            Ok(before) => {
-                self.runner.profile().set_threads(before - 1);
-                true
-            }
-            Err(_) => false,
-        }
+        left.is_ok()
     }
 
     /// Runs the `--threads auto` controller for this crew every
@@ -171,16 +185,17 @@ impl Crew {
                 let now = Reading::of(&crew);
                 let sample = now.since(&before, at.elapsed(), &crew);
                 (before, at) = (now, Instant::now());
-                let Some(Change { from, to, reason }) = controller.step(&sample) else {
-                    continue;
-                };
-                tracing::info!("function {function}: sync-lane threads {from} → {to}: {reason}");
-                crew.runner.profile().count_thread_change();
-                if to > from {
-                    crew.grow_to(to);
-                } else {
-                    crew.shrink_to(to, &queue);
+                if let Some(Change { from, to, reason }) = controller.step(&sample) {
+                    tracing::info!(
+                        "function {function}: sync-lane threads {from} → {to}: {reason}"
+                    );
+                    crew.runner.profile().count_thread_change();
                 }
+                crew.load
+                    .can_grow
+                    .store(controller.can_grow(), Ordering::Relaxed);
+                crew.reconcile(controller.threads(), &queue);
+                crew.runner.profile().set_threads(crew.threads());
             }
         });
     }
@@ -218,10 +233,7 @@ impl Reading {
             queued_ns: self.queued_ns.saturating_sub(before.queued_ns),
             waiting: crew.load.waiting.load(Ordering::Relaxed),
             running: crew.load.running.load(Ordering::Relaxed),
+            idle: crew.load.idle.load(Ordering::Relaxed),
         }
     }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -15,7 +15,8 @@ use crate::exec::{
 use crate::invocation::{Body, FailureKind, InvocationError, InvocationId};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -118,7 +119,10 @@ impl Runner {
             let busy = started.elapsed();
             self.settings.profile.record(cpu, queued);
             if let Some(shedder) = &self.settings.shedder {
-                shedder.record(queued, busy);
+                // While `--threads auto` can still add threads, a queue is
+                // its to remove, not load to shed.
+                let growing = crew.load.can_grow.load(Ordering::Relaxed);
+                shedder.record(if growing { Duration::ZERO } else { queued }, busy);
             }
             crew.load.record(busy, cpu, queued);
             if crew.retire_one() {

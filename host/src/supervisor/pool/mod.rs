@@ -158,18 +158,6 @@ pub struct WorkerLink {
     recycle: Notify,
 }
 
-impl Drop for WorkerLink {
-    /// A worker gone takes its sync-lane threads out of its functions' counts.
-    fn drop(&mut self) {
-        let seen = self.profiled.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (&(generation, function), last) in seen.iter() {
-            if let Some(function) = (self.lookup)(generation, function) {
-                function.move_threads(last.sync_threads, 0);
-            }
-        }
-    }
-}
-
 impl WorkerLink {
     /// A link for a worker that has reported ready.
     #[allow(clippy::too_many_arguments)]
@@ -228,6 +216,9 @@ impl WorkerLink {
     /// function's totals.
     fn take_profiles(&self, reports: Vec<ipc::FunctionProfile>) {
         let mut seen = self.profiled.lock().expect("profiled");
+        if self.is_lost() {
+            return;
+        }
         for report in reports {
             let key = (report.generation, report.function);
             let before = seen.insert(key, report.profile).unwrap_or_default();
@@ -252,6 +243,17 @@ impl WorkerLink {
                     Duration::from_nanos(new.cpu_ns),
                     Duration::from_nanos(new.queued_ns),
                 );
+            }
+        }
+    }
+
+    /// Takes this worker's sync-lane threads out of its functions' counts,
+    /// once: a lost worker runs none, whoever still holds its link.
+    fn forget_threads(&self) {
+        let seen = std::mem::take(&mut *self.profiled.lock().expect("profiled"));
+        for ((generation, function), last) in seen {
+            if let Some(function) = (self.lookup)(generation, function) {
+                function.move_threads(last.sync_threads, 0);
             }
         }
     }
@@ -617,6 +619,9 @@ impl WorkerLink {
 
     /// The worker is gone: fail everything pending on it with `worker-lost`.
     pub fn lose(&self) {
+        // First, so no statistics report counts threads again after this.
+        self.lost.store(true, Ordering::Relaxed);
+        self.forget_threads();
         let mut lost_calls = self.lose_queue();
         // Whoever waits for a version to load hears that it will not.
         self.load_waiters.lock().expect("load waiters").clear();
