@@ -63,6 +63,13 @@ impl Runner {
     /// the lane stops or the crew has more threads than it wants.
     pub(super) fn serve(&self, crew: &Crew) {
         let mut warm: Option<Warm> = None;
+        // Load shedding counts a call's time ready without a core as
+        // waiting: read around each call, only when shedding is on.
+        let run_delay = self
+            .settings
+            .shedder
+            .is_some()
+            .then(profile::OwnRunDelay::open);
         loop {
             if warm.is_none() {
                 match self.prepare() {
@@ -99,6 +106,7 @@ impl Runner {
             let started = Instant::now();
             let queued = started.saturating_duration_since(job.enqueued);
             let cpu_before = profile::thread_cpu_time();
+            let delay_before = run_delay.as_ref().map(profile::OwnRunDelay::now);
             crew.load
                 .running
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -118,11 +126,15 @@ impl Runner {
             let cpu = profile::thread_cpu_time() - cpu_before;
             let busy = started.elapsed();
             self.settings.profile.record(cpu, queued);
-            if let Some(shedder) = &self.settings.shedder {
+            if let (Some(shedder), Some(own), Some(before)) =
+                (&self.settings.shedder, &run_delay, delay_before)
+            {
                 // While `--threads auto` can still add threads, a queue is
                 // its to remove, not load to shed.
                 let growing = crew.load.can_grow.load(Ordering::Relaxed);
-                shedder.record(if growing { Duration::ZERO } else { queued }, busy);
+                let queued = if growing { Duration::ZERO } else { queued };
+                let descheduled = own.now().saturating_sub(before).min(busy);
+                shedder.record(queued + descheduled, busy - descheduled);
             }
             crew.load.record(busy, cpu, queued);
             if crew.retire_one() {
