@@ -362,6 +362,18 @@ mod tests {
         downstream: f64,
     }
 
+    /// 200 clients of calls that take 0.1 ms of CPU and wait 50 ms, on 2
+    /// cores.
+    fn sleeper() -> Workload {
+        Workload {
+            clients: 200,
+            cpu_ms: 0.1,
+            wait_ms: 50.0,
+            cores: 2,
+            downstream: f64::INFINITY,
+        }
+    }
+
     impl Workload {
         /// What an interval looks like at `threads` threads (a fluid model:
         /// every thread busy when calls wait, cores shared evenly).
@@ -403,13 +415,7 @@ mod tests {
 
     #[test]
     fn a_waiting_function_grows_to_its_clients_within_a_few_seconds() {
-        let sleeper = Workload {
-            clients: 200,
-            cpu_ms: 0.1,
-            wait_ms: 50.0,
-            cores: 2,
-            downstream: f64::INFINITY,
-        };
+        let sleeper = sleeper();
         // 6 → 12 → 24 → 48 → 96 → 192 → 200, a growth every other interval.
         let (threads, changes) = sleeper.settle(6, 14);
         assert_eq!(threads, 200, "{changes:#?}");
@@ -424,13 +430,7 @@ mod tests {
     fn a_waiting_function_beside_a_cpu_bound_one_still_grows() {
         // The cores are busy with another function: each wake-up waits
         // 2 ms for a core, which is not a reason to stop growing.
-        let sleeper = Workload {
-            clients: 200,
-            cpu_ms: 0.1,
-            wait_ms: 50.0,
-            cores: 2,
-            downstream: f64::INFINITY,
-        };
+        let sleeper = sleeper();
         let mut controller = ThreadController::new(6, 256, 2);
         for _ in 0..14 {
             let mut sample = sleeper.sample(controller.threads());
@@ -475,11 +475,8 @@ mod tests {
     fn threads_that_stop_adding_throughput_are_taken_back_and_held() {
         // A downstream that answers at most 300 calls/s: 15 threads suffice.
         let limited = Workload {
-            clients: 200,
-            cpu_ms: 0.1,
-            wait_ms: 50.0,
-            cores: 2,
             downstream: 300.0,
+            ..sleeper()
         };
         let mut controller = ThreadController::new(6, 256, 2);
         let mut changes = Vec::new();
@@ -492,7 +489,8 @@ mod tests {
         assert_eq!((reverted.from, reverted.to), (24, 12), "{changes:#?}");
         assert!(reverted.reason.contains("stopped adding throughput"));
         assert_eq!(controller.threads(), 12, "held: {changes:#?}");
-        // The hold ends; the controller probes again.
+        // The hold ends; the controller probes again. It began at the
+        // revert (interval 5), and intervals 6 to 12 have passed.
         let mut held = 12 - 5;
         let probe = loop {
             let sample = limited.sample(controller.threads());
@@ -508,13 +506,7 @@ mod tests {
 
     #[test]
     fn an_idle_lane_shrinks_back_to_its_start_but_not_below() {
-        let burst = Workload {
-            clients: 200,
-            cpu_ms: 0.1,
-            wait_ms: 50.0,
-            cores: 2,
-            downstream: f64::INFINITY,
-        };
+        let burst = sleeper();
         let mut controller = ThreadController::new(6, 256, 2);
         for _ in 0..14 {
             let sample = burst.sample(controller.threads());
@@ -579,10 +571,7 @@ mod tests {
     fn a_steady_lane_at_its_size_does_not_move() {
         let steady = Workload {
             clients: 6,
-            cpu_ms: 0.1,
-            wait_ms: 50.0,
-            cores: 2,
-            downstream: f64::INFINITY,
+            ..sleeper()
         };
         let (threads, changes) = steady.settle(6, 200);
         assert_eq!((threads, changes), (6, vec![]));
