@@ -7,6 +7,7 @@
 //! | `fnhost_invocation_duration_seconds` | histogram | function, lane |
 //! | `fnhost_function_cpu_seconds_total` | counter (CPU the calls took on the workers' threads; `exec/profile.rs`) | function, lane |
 //! | `fnhost_function_queued_seconds_total` | counter (time calls waited for a sync-lane thread) | function, lane |
+//! | `fnhost_function_sync_threads` | gauge (sync-lane threads running now, summed over the workers; `--threads auto` changes it) | function, lane |
 //! | `fnhost_in_flight` | gauge | |
 //! | `fnhost_instances` | gauge | |
 //! | `fnhost_workers` | gauge (ready workers) | |
@@ -64,6 +65,7 @@ pub struct Metrics {
     latency: LatencyFamily,
     cpu: SecondsFamily,
     queued: SecondsFamily,
+    sync_threads: Family<FunctionLabels, Gauge>,
     /// Invocations dispatched and not yet finished.
     pub in_flight: Gauge,
     /// Instances alive in the workers.
@@ -116,6 +118,12 @@ impl Default for Metrics {
             "function_queued_seconds",
             "Time the function's calls waited for a sync-lane thread",
             queued.clone(),
+        );
+        let sync_threads = Family::<FunctionLabels, Gauge>::default();
+        registry.register(
+            "function_sync_threads",
+            "Sync-lane threads the function runs now, over all workers",
+            sync_threads.clone(),
         );
         let in_flight = Gauge::default();
         registry.register("in_flight", "Invocations running now", in_flight.clone());
@@ -186,6 +194,7 @@ impl Default for Metrics {
             latency,
             cpu,
             queued,
+            sync_threads,
             in_flight,
             instances,
             workers,
@@ -229,6 +238,17 @@ impl Metrics {
         self.queued
             .get_or_create(&labels)
             .inc_by(queued.as_secs_f64());
+    }
+
+    /// Sets how many sync-lane threads `function` runs now.
+    pub fn set_sync_threads(&self, function: &str, lane: Lane, threads: u64) {
+        let labels = FunctionLabels {
+            function: function.to_string(),
+            lane: lane.to_string(),
+        };
+        self.sync_threads
+            .get_or_create(&labels)
+            .set(i64::try_from(threads).unwrap_or(i64::MAX));
     }
 
     /// Sets the gauges of queue `name`.

@@ -124,6 +124,19 @@ fn auto_threads_grow_a_waiting_function_and_serve_more_than_the_fixed_default() 
             && view["profile"]["thread_changes"].as_u64().unwrap_or(0) >= 1
     });
     assert_eq!(function_view(&auto)["settings"]["threads"], "auto");
+    // And on /metrics, by function.
+    let metrics = client()
+        .get(auto.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let threads = metrics
+        .lines()
+        .find(|line| line.starts_with("fnhost_function_sync_threads{"))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no thread gauge in\n{metrics}"));
+    assert!(threads > (cores as u64 + 4).min(32), "{metrics}");
 }
 
 #[test]

@@ -96,12 +96,12 @@ impl FunctionLive {
         profile.thread_changes += new.thread_changes;
     }
 
-    /// A worker that reported `before` sync-lane threads now reports `now`.
-    fn move_threads(&self, before: u64, now: u64) {
-        if now != before {
-            let mut profile = self.profile.lock().expect("profile");
-            profile.sync_threads = (profile.sync_threads + now).saturating_sub(before);
-        }
+    /// A worker that reported `before` sync-lane threads now reports
+    /// `now`; returns the function's threads over all workers.
+    fn move_threads(&self, before: u64, now: u64) -> u64 {
+        let mut profile = self.profile.lock().expect("profile");
+        profile.sync_threads = (profile.sync_threads + now).saturating_sub(before);
+        profile.sync_threads
     }
 }
 
@@ -226,7 +226,11 @@ impl WorkerLink {
             let Some(function) = (self.lookup)(report.generation, report.function) else {
                 continue;
             };
-            function.move_threads(before.sync_threads, now.sync_threads);
+            let threads = function.move_threads(before.sync_threads, now.sync_threads);
+            if function.lane == Lane::Sync {
+                self.metrics
+                    .set_sync_threads(&function.name, function.lane, threads);
+            }
             let new = crate::exec::profile::ProfileSnapshot {
                 calls: now.calls.saturating_sub(before.calls),
                 cpu_ns: now.cpu_ns.saturating_sub(before.cpu_ns),
@@ -253,7 +257,11 @@ impl WorkerLink {
         let seen = std::mem::take(&mut *self.profiled.lock().expect("profiled"));
         for ((generation, function), last) in seen {
             if let Some(function) = (self.lookup)(generation, function) {
-                function.move_threads(last.sync_threads, 0);
+                let threads = function.move_threads(last.sync_threads, 0);
+                if function.lane == Lane::Sync {
+                    self.metrics
+                        .set_sync_threads(&function.name, function.lane, threads);
+                }
             }
         }
     }
