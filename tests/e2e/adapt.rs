@@ -79,12 +79,7 @@ fn load(server: &Server, path: &str, clients: usize, run: Duration) -> Load {
 
 /// The JSON of `GET /functions`, first function.
 fn function_view(server: &Server) -> serde_json::Value {
-    let body = client()
-        .get(server.admin_url("/functions"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = server.admin_text("/functions");
     let functions: serde_json::Value = serde_json::from_str(&body).unwrap();
     functions[0].clone()
 }
@@ -125,12 +120,7 @@ fn auto_threads_grow_a_waiting_function_and_serve_more_than_the_fixed_default() 
     });
     assert_eq!(function_view(&auto)["settings"]["threads"], "auto");
     // And on /metrics, by function.
-    let metrics = client()
-        .get(auto.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = auto.admin_text("/metrics");
     let threads = metrics
         .lines()
         .find(|line| line.starts_with("fnhost_function_sync_threads{"))

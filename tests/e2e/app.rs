@@ -127,12 +127,7 @@ queue = "jobs"
     assert_eq!(listed["hello"]["version"].as_str().unwrap().len(), 12);
 
     // Metrics carry the function's name.
-    let metrics = http
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.admin_text("/metrics");
     for needle in [
         r#"function="hello",lane="sync",outcome="ok""#,
         r#"function="slow",lane="async",outcome="timeout""#,

@@ -315,12 +315,7 @@ fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
     server.wait_for_log("without handing control back", Duration::from_secs(5));
     // Workers report their counts every second or so.
     wait_until(Duration::from_secs(5), "a stall counted", || {
-        let metrics = client()
-            .get(server.admin_url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = server.admin_text("/metrics");
         let stalls: u64 = metrics
             .lines()
             .find_map(|line| line.strip_prefix("fnhost_async_stalls_total "))

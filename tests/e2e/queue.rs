@@ -247,12 +247,7 @@ fn a_backlog_of_slow_messages_scales_workers_up_and_back_down() {
         ready_pids(&server).len() == 1
     });
     server.wait_for_log("→ 1 workers", Duration::from_secs(1));
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.admin_text("/metrics");
     assert!(
         metrics.contains(r#"fnhost_queue_length{queue="slow"} 0"#),
         "{metrics}"

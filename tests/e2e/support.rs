@@ -316,6 +316,17 @@ impl Server {
         format!("http://{addr}{path}")
     }
 
+    /// The body of `GET` `path` on the admin endpoint, for a host started
+    /// with `--admin`.
+    pub fn admin_text(&self, path: &str) -> String {
+        client()
+            .get(self.admin_url(path))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// The host process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()

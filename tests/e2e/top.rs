@@ -80,12 +80,7 @@ fn top_classifies_io_bound_cpu_bound_and_mixed_functions() {
     assert!(advice("computes").contains("--threads 1 "), "{table}");
     assert!(advice("waits").contains("--workers 1"), "{table}");
     // The same measurements on /metrics, by function.
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.admin_text("/metrics");
     let cpu_seconds = |function: &str| {
         metrics
             .lines()

@@ -99,11 +99,15 @@ impl Dispatch for AsyncLane {
         let (answer, answered) = Answer::new();
         // The guest runs in its own task: it may keep streaming the response
         // body after the head has been handed to the trigger.
-        let guest = tokio::spawn(self.inner.clone().serve(
-            invocation,
-            answer,
-            std::time::Instant::now(),
-        ));
+        // Read only for load shedding: two clock reads a call otherwise
+        // spent for nothing.
+        let dispatched = self
+            .inner
+            .settings
+            .shedder
+            .is_some()
+            .then(std::time::Instant::now);
+        let guest = tokio::spawn(self.inner.clone().serve(invocation, answer, dispatched));
         Box::pin(async move {
             match answered.await {
                 Ok(result) => result,
@@ -121,18 +125,18 @@ impl Dispatch for AsyncLane {
 
 impl Inner {
     /// One invocation, from taking an instance to keeping instances ready
-    /// for the next ones.
-    /// `dispatched`: when the call was handed to the lane; until its task
-    /// first runs it waits for the runtime, which load shedding counts.
+    /// for the next ones. `dispatched` (with load shedding): when the call
+    /// was handed to the lane; until its task first runs it waits for the
+    /// runtime, which load shedding counts.
     async fn serve(
         self: Arc<Self>,
         invocation: HttpInvocation,
         answer: Answer,
-        dispatched: std::time::Instant,
+        dispatched: Option<std::time::Instant>,
     ) {
         let HttpInvocation { id, request } = invocation;
         let timeout = self.settings.limits.timeout;
-        let spawn_wait = dispatched.elapsed();
+        let spawn_wait = dispatched.map(|at| at.elapsed());
         let finished = {
             let mut call = std::pin::pin!(Fair::new(
                 self.call(id, request, &answer),
@@ -142,9 +146,11 @@ impl Inner {
             self.settings
                 .profile
                 .record(call.guest_time(), std::time::Duration::ZERO);
-            if let Some(shedder) = &self.settings.shedder {
+            if let (Some(shedder), Some(at), Some(spawn_wait)) =
+                (&self.settings.shedder, dispatched, spawn_wait)
+            {
                 let waiting = spawn_wait + call.ready_wait();
-                shedder.record(waiting, dispatched.elapsed().saturating_sub(waiting));
+                shedder.record(waiting, at.elapsed().saturating_sub(waiting));
             }
             finished
         };
