@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -131,6 +131,10 @@ pub struct WorkerInit {
     pub runtime_threads: usize,
     /// The log filter (the worker's environment is cleared).
     pub log_filter: String,
+    /// The supervisor's process id: the worker's parent must be it.
+    pub supervisor_pid: u32,
+    /// `--worker-memory` in bytes, applied as `RLIMIT_DATA`.
+    pub memory_limit: Option<u64>,
 }
 
 /// One function a worker loads.

@@ -156,6 +156,10 @@ enum StartupEvent {
 /// The supervisor of one host's worker processes.
 pub struct Supervisor {
     config: SupervisorConfig,
+    /// The first worker, started before anything else so that its `exec`
+    /// and load overlap the supervisor's own start-up (docs/performance.md,
+    /// "Start-up"); the first slot takes it.
+    prespawned: Mutex<Option<process::WorkerProcess>>,
     pool: Arc<WorkerPool>,
     slots: Mutex<Vec<Arc<Slot>>>,
     next_slot: AtomicUsize,
@@ -198,6 +202,8 @@ impl Supervisor {
         admin: Option<SocketAddr>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
+        // A failure here is the first slot's to report, when it tries again.
+        let prespawned = process::spawn().ok();
         let workers = config.workers;
         let pool = Arc::new(WorkerPool::new());
         let current = Arc::new(Current::new(Arc::new(Generation::new(
@@ -216,6 +222,7 @@ impl Supervisor {
         };
         let (startup_sender, mut startup) = mpsc::unbounded_channel();
         let supervisor = Arc::new(Supervisor {
+            prespawned: Mutex::new(prespawned),
             pool,
             slots: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),

@@ -173,7 +173,8 @@ impl Supervisor {
         let slot = slot_state.id;
         let started = Instant::now();
         self.set_phase(slot_state, SlotPhase::Starting, None);
-        let worker = match process::spawn(self.config.limits) {
+        let prespawned = self.prespawned.lock().expect("prespawned worker").take();
+        let worker = match prespawned.map_or_else(process::spawn, Ok) {
             Ok(worker) => worker,
             Err(error) => {
                 return WorkerEnd::Failed {
@@ -207,6 +208,8 @@ impl Supervisor {
             functions,
             runtime_threads: (cores / workers).max(1),
             log_filter: self.config.log_filter.clone(),
+            supervisor_pid: std::process::id(),
+            memory_limit: self.config.limits.memory,
         })));
 
         let first = tokio::select! {

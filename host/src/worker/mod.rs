@@ -1,5 +1,6 @@
 //! The worker process: `fnhost worker`, started by the supervisor, never by
-//! hand. It reads its settings from the channel on fd 3, loads the
+//! hand. It hardens itself ([`harden`]), reads its settings from the
+//! channel on fd 3, loads the
 //! component into its own engine and lanes, then runs invocations the
 //! supervisor sends until told to shut down or the channel closes.
 
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tokio_util::codec::Decoder;
+
+pub mod harden;
 
 /// The file descriptor of the worker's end of the channel.
 pub const CHANNEL_FD: RawFd = 3;
@@ -43,8 +46,12 @@ pub const EXIT_PROTOCOL: u8 = 3;
 /// Runs the worker until shutdown. Logging is set up here from the filter
 /// the supervisor sends, as the worker's environment is empty.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let mut channel = take_channel()?;
+    let mut channel = harden::take_channel()?;
     let init = read_init(&mut channel)?;
+    harden::harden(harden::Hardening {
+        supervisor: init.supervisor_pid,
+        memory: init.memory_limit,
+    })?;
     init_logging(&init.log_filter);
     let sender_channel = channel.try_clone()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -58,24 +65,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("the worker's main task failed: {e}"))?
     })
-}
-
-/// Takes fd 3, checking that it is a socket (someone running `fnhost
-/// worker` by hand gets a clear error instead of a hang).
-fn take_channel() -> anyhow::Result<UnixStream> {
-    // SAFETY: fstat only writes into the struct we own.
-    let is_socket = unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        libc::fstat(CHANNEL_FD, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    };
-    if !is_socket {
-        anyhow::bail!(
-            "`fnhost worker` is started by `fnhost serve --workers N`; fd {CHANNEL_FD} is not its channel"
-        );
-    }
-    // SAFETY: fd 3 is a socket the supervisor gave this process, owned by
-    // nothing else in it.
-    Ok(unsafe { UnixStream::from_raw_fd(CHANNEL_FD) })
 }
 
 /// Reads the `Init` message with blocking reads (the runtime's size is in it).
