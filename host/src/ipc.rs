@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -135,6 +135,11 @@ pub struct WorkerInit {
     pub supervisor_pid: u32,
     /// `--worker-memory` in bytes, applied as `RLIMIT_DATA`.
     pub memory_limit: Option<u64>,
+    /// The most worker processes the host runs at once, which share the
+    /// machine's memory (`exec/memory_budget.rs`).
+    pub worker_processes: usize,
+    /// `--threads-memory` in bytes.
+    pub threads_memory: Option<u64>,
 }
 
 /// One function a worker loads.

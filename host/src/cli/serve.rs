@@ -174,6 +174,10 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_WORKER_MEMORY", value_parser = parse_size, value_name = "SIZE")]
     pub(super) worker_memory: Option<u64>,
 
+    /// Resident memory --threads auto may fill per process: it adds sync-lane threads only while the process stays within it, and takes threads back when it is over [default: half the memory the host may use (its cgroup's limit or the machine's), divided among the worker processes, and at most --worker-memory].
+    #[arg(long, env = "FNHOST_THREADS_MEMORY", value_parser = parse_size, value_name = "SIZE")]
+    pub(super) threads_memory: Option<u64>,
+
     /// Run guests inside this process instead of worker processes: no crash
     /// isolation, no admin endpoint, no queue trigger (SIGHUP still redeploys). For embedding-like setups and benchmarks.
     #[arg(long, conflicts_with_all = ["workers", "admin", "worker_memory", "queue"])]
@@ -449,6 +453,7 @@ impl ServeCommand {
             queue,
             limits: WorkerLimits {
                 memory: self.worker_memory,
+                threads_memory: self.threads_memory,
             },
             log_filter: std::env::var("RUST_LOG")
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
@@ -478,6 +483,11 @@ impl ServeCommand {
                 function.name
             );
         }
+        fnhost::exec::memory_budget::configure(fnhost::exec::memory_budget::BudgetSettings {
+            explicit: self.threads_memory,
+            processes: 1,
+            worker_memory: None,
+        });
         let what = fnhost::supervisor::describe_functions(&functions);
         let single = functions.len() == 1;
         let app = {

@@ -20,6 +20,7 @@
 mod async_lane;
 mod fair;
 mod guest_output;
+pub mod memory_budget;
 mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_lane;

@@ -163,6 +163,11 @@ impl MemoryLimiter {
     pub fn exceeded(&self) -> bool {
         self.exceeded
     }
+
+    /// The store's linear memories together, in bytes.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

@@ -75,6 +75,10 @@ const SHARE_WEIGHT: f64 = 0.5;
 /// time on a core (the ceiling stays finite for a pure sleeper).
 const MIN_SHARE: f64 = 0.001;
 
+/// Share of the memory budget up to which threads are added; past the
+/// budget itself they are taken back.
+const MEMORY_GROWTH_LIMIT: f64 = 0.95;
+
 /// What a sync lane measured over one interval.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
@@ -96,6 +100,40 @@ pub struct Sample {
     pub running: usize,
     /// Threads waiting for a call at the interval's end.
     pub idle: usize,
+    /// The process's memory against its budget, when both are known.
+    pub memory: Option<MemoryUse>,
+}
+
+/// What the process holds in memory, what `--threads auto` may let it
+/// hold, and what one more of this lane's threads would add.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MemoryUse {
+    /// Resident memory of the whole process now, in bytes.
+    pub resident: u64,
+    /// The budget `auto` keeps the process within (`exec/memory_budget.rs`).
+    pub budget: u64,
+    /// What one more thread of this lane holds: its instance's linear
+    /// memory at its largest so far, plus its stack.
+    pub per_thread: u64,
+}
+
+impl MemoryUse {
+    /// The most threads a lane of `threads` may have: its threads now
+    /// plus as many as fit below [`MEMORY_GROWTH_LIMIT`] of the budget,
+    /// none between that and the budget, and fewer than now when the
+    /// process is over its budget (the gap keeps the count from hunting
+    /// around the budget a thread at a time).
+    fn ceiling(&self, threads: usize) -> usize {
+        let per_thread = self.per_thread.max(1);
+        if self.resident <= self.budget {
+            let growth_limit = (self.budget as f64 * MEMORY_GROWTH_LIMIT) as u64;
+            let room = growth_limit.saturating_sub(self.resident) / per_thread;
+            threads.saturating_add(usize::try_from(room).unwrap_or(usize::MAX))
+        } else {
+            let over = (self.resident - self.budget).div_ceil(per_thread);
+            threads.saturating_sub(usize::try_from(over).unwrap_or(usize::MAX))
+        }
+    }
 }
 
 impl Sample {
@@ -171,6 +209,8 @@ pub struct ThreadController {
     probe: Option<Probe>,
     /// A count found not to pay, and the intervals it is still held.
     cap: Option<(usize, u32)>,
+    /// The newest memory reading.
+    memory: Option<MemoryUse>,
     idle_intervals: u32,
     idle_peak_busy: f64,
 }
@@ -189,6 +229,7 @@ impl ThreadController {
             share: None,
             probe: None,
             cap: None,
+            memory: None,
             idle_intervals: 0,
             idle_peak_busy: 0.0,
         }
@@ -214,7 +255,14 @@ impl ThreadController {
             (self.cores as f64 / share - CEILING_SLACK).ceil() as usize
         });
         let capped = self.cap.map_or(by_share, |(cap, _)| by_share.min(cap));
-        capped.clamp(1, self.max)
+        capped.min(self.memory_ceiling()).clamp(1, self.max)
+    }
+
+    /// The most threads the memory budget allows (no limit without a
+    /// reading).
+    fn memory_ceiling(&self) -> usize {
+        self.memory
+            .map_or(usize::MAX, |memory| memory.ceiling(self.threads))
     }
 
     /// Takes one interval's sample; returns the change to make, if any.
@@ -227,6 +275,7 @@ impl ThreadController {
         if let Some((cap, left)) = self.cap {
             self.cap = left.checked_sub(1).map(|left| (cap, left));
         }
+        self.memory = sample.memory;
         let demand = sample.demand(self.threads);
         if let Some(change) = self.judge_growth(sample, demand) {
             return Some(change);
@@ -236,6 +285,18 @@ impl ThreadController {
         }
         let ceiling = self.ceiling();
         let share = self.share.unwrap_or(1.0);
+        if self.threads > ceiling && ceiling == self.memory_ceiling() {
+            let memory = self.memory.unwrap_or_default();
+            return self.change_to(
+                ceiling,
+                format!(
+                    "the process holds {} MiB of its {} MiB budget for --threads auto, and a thread holds about {} MiB",
+                    memory.resident >> 20,
+                    memory.budget >> 20,
+                    memory.per_thread.div_ceil(1 << 20)
+                ),
+            );
+        }
         if self.threads > ceiling {
             return self.change_to(
                 ceiling,
@@ -261,10 +322,18 @@ impl ThreadController {
                 rate_before: sample.rate(),
                 settle: SETTLE_INTERVALS,
             });
+            let room = if ceiling == self.memory_ceiling() {
+                format!(
+                    "memory has room for {ceiling} threads at about {} MiB each",
+                    self.memory.unwrap_or_default().per_thread.div_ceil(1 << 20)
+                )
+            } else {
+                format!("room for {ceiling} threads")
+            };
             return self.change_to(
                 to,
                 format!(
-                    "{demand:.0} calls waiting for a thread, and calls need a core {:.1}% of their time (room for {ceiling} threads)",
+                    "{demand:.0} calls waiting for a thread, and calls need a core {:.1}% of their time ({room})",
                     share * 100.0
                 ),
             );
@@ -398,6 +467,7 @@ mod tests {
                 waiting,
                 running: running as usize,
                 idle: threads.saturating_sub(self.clients),
+                memory: None,
             }
         }
 
@@ -565,6 +635,69 @@ mod tests {
             ..Sample::default()
         };
         assert_eq!(fresh.step(&burst), None);
+    }
+
+    /// The sleeper's threads each holding 14 MiB (a CPython instance) in
+    /// a process of 300 MiB plus its threads, under `budget` MiB.
+    fn python_memory(threads: usize, budget: u64) -> MemoryUse {
+        MemoryUse {
+            resident: (300 + 14 * threads as u64) << 20,
+            budget: budget << 20,
+            per_thread: 14 << 20,
+        }
+    }
+
+    #[test]
+    fn a_waiting_function_grows_only_as_far_as_the_memory_budget() {
+        let sleeper = sleeper();
+        let mut controller = ThreadController::new(6, 256, 2);
+        let mut changes = Vec::new();
+        for _ in 0..20 {
+            let mut sample = sleeper.sample(controller.threads());
+            sample.memory = Some(python_memory(controller.threads(), 1024));
+            changes.extend(controller.step(&sample));
+        }
+        // (0.95 × 1024 - 300) / 14 = 48 threads fit.
+        assert_eq!(controller.threads(), 48, "{changes:#?}");
+        assert!(changes.iter().all(|c| c.to > c.from), "{changes:#?}");
+        assert!(
+            changes
+                .last()
+                .unwrap()
+                .reason
+                .contains("memory has room for 48 threads at about 14 MiB each"),
+            "{changes:#?}"
+        );
+        assert!(!controller.can_grow());
+    }
+
+    #[test]
+    fn a_process_over_its_memory_budget_gives_threads_back() {
+        let sleeper = sleeper();
+        let mut controller = ThreadController::new(100, 256, 2);
+        let mut sample = sleeper.sample(100);
+        // 100 threads hold 1,700 MiB; the budget is 1,024.
+        sample.memory = Some(python_memory(100, 1024));
+        let change = controller.step(&sample).expect("a shrink");
+        assert_eq!((change.from, change.to), (100, 51), "{change:#?}");
+        assert!(
+            change
+                .reason
+                .contains("holds 1700 MiB of its 1024 MiB budget"),
+            "{change:#?}"
+        );
+    }
+
+    #[test]
+    fn a_lane_just_under_its_memory_budget_neither_grows_nor_shrinks() {
+        let sleeper = sleeper();
+        let mut controller = ThreadController::new(50, 256, 2);
+        for _ in 0..8 {
+            let mut sample = sleeper.sample(50);
+            // 300 + 14 × 50 = 1,000 MiB: past 95% of 1,024, within it.
+            sample.memory = Some(python_memory(50, 1024));
+            assert_eq!(controller.step(&sample), None);
+        }
     }
 
     #[test]

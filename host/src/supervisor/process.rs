@@ -26,6 +26,8 @@ pub struct WorkerLimits {
     /// `RLIMIT_DATA` in bytes (`--worker-memory`): the worker's writable
     /// private memory, heap and guest memories included.
     pub memory: Option<u64>,
+    /// Resident memory `--threads auto` may fill (`--threads-memory`).
+    pub threads_memory: Option<u64>,
 }
 
 /// A started worker and the supervisor's end of its channel.

@@ -210,6 +210,8 @@ impl Supervisor {
             log_filter: self.config.log_filter.clone(),
             supervisor_pid: std::process::id(),
             memory_limit: self.config.limits.memory,
+            worker_processes: self.config.workers.max,
+            threads_memory: self.config.limits.threads_memory,
         })));
 
         let first = tokio::select! {

@@ -52,6 +52,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
         supervisor: init.supervisor_pid,
         memory: init.memory_limit,
     })?;
+    crate::exec::memory_budget::configure(crate::exec::memory_budget::BudgetSettings {
+        explicit: init.threads_memory,
+        processes: init.worker_processes,
+        worker_memory: init.memory_limit,
+    });
     init_logging(&init.log_filter);
     let sender_channel = channel.try_clone()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -10,8 +10,9 @@
 
 use super::Work;
 use super::thread::Runner;
+use crate::exec::memory_budget;
 use crate::exec::profile::nanos;
-use crate::exec::thread_control::{CONTROL_INTERVAL, Change, Sample, ThreadController};
+use crate::exec::thread_control::{CONTROL_INTERVAL, Change, MemoryUse, Sample, ThreadController};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
@@ -234,6 +235,21 @@ impl Reading {
             waiting: crew.load.waiting.load(Ordering::Relaxed),
             running: crew.load.running.load(Ordering::Relaxed),
             idle: crew.load.idle.load(Ordering::Relaxed),
+            memory: memory_use(crew),
         }
     }
+}
+
+/// The process's memory against the `--threads auto` budget, once one of
+/// the lane's calls has shown what an instance holds.
+fn memory_use(crew: &Crew) -> Option<MemoryUse> {
+    let largest = crew.runner.largest_memory();
+    if largest == 0 {
+        return None;
+    }
+    Some(MemoryUse {
+        resident: memory_budget::resident()?,
+        budget: memory_budget::budget()?,
+        per_thread: largest + memory_budget::THREAD_OVERHEAD,
+    })
 }

@@ -15,7 +15,7 @@ use crate::exec::{
 use crate::invocation::{Body, FailureKind, InvocationError, InvocationId};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
@@ -29,6 +29,8 @@ pub(super) struct Runner {
     outbound: Arc<[Origin]>,
     /// Calls one instance serves before it is replaced.
     reuse: ReusePolicy,
+    /// The most linear memory one instance has held after a call, in bytes.
+    largest_memory: AtomicU64,
 }
 
 /// A pre-created instance and the calls it has served.
@@ -46,7 +48,13 @@ impl Runner {
             pre,
             settings,
             reuse: ReusePolicy::new(reuse),
+            largest_memory: AtomicU64::new(0),
         }
+    }
+
+    /// The most linear memory one instance has held after a call, in bytes.
+    pub(super) fn largest_memory(&self) -> u64 {
+        self.largest_memory.load(Ordering::Relaxed)
     }
 
     /// Where the function's calls are counted.
@@ -287,6 +295,8 @@ impl Runner {
             outparam,
         );
         instance.calls += 1;
+        self.largest_memory
+            .fetch_max(instance.store.data().limiter.used(), Ordering::Relaxed);
         let outbound = instance.store.data().outbound_requests();
         let exceeded = instance.store.data().limiter.exceeded();
         let result = call_outcome(result, answer.is_answered(), exceeded);
