@@ -130,6 +130,42 @@ fn auto_threads_grow_a_waiting_function_and_serve_more_than_the_fixed_default() 
 }
 
 #[test]
+fn auto_threads_keep_within_the_memory_budget() {
+    // The waiting function that the test above grows past its starting
+    // count, under a budget smaller than the worker already holds: auto
+    // may add no thread, and gives back all but one, saying why.
+    let sleep = example("sleep");
+    let server = Server::start(
+        &sleep,
+        &[
+            "--mode",
+            "sync",
+            "--admin",
+            "127.0.0.1:0",
+            "--threads-memory",
+            "1MiB",
+        ],
+    );
+    let loaded = load(&server, "/?ms=50", 8, Duration::from_secs(3));
+    assert!(loaded.other.is_empty(), "{:?}", loaded.other);
+    assert!(!loaded.ok.is_empty(), "the function still serves");
+    let shrunk = server.wait_for_log("MiB budget for --threads auto", Duration::from_secs(5));
+    assert!(
+        shrunk.contains("the process holds") && shrunk.contains("of its 1 MiB budget"),
+        "{shrunk}"
+    );
+    crate::support::wait_until(Duration::from_secs(5), "one thread left", || {
+        function_view(&server)["profile"]["sync_threads"].as_u64() == Some(1)
+    });
+    let grew: Vec<_> = server
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("calls waiting for a thread"))
+        .collect();
+    assert!(grew.is_empty(), "grew past the budget: {grew:?}");
+}
+
+#[test]
 fn auto_threads_keep_a_cpu_bound_function_at_the_cores() {
     // About 5 ms of work per call from 8 clients: more threads than cores
     // would only queue for the cores.

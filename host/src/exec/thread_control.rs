@@ -258,6 +258,11 @@ impl ThreadController {
         capped.min(self.memory_ceiling()).clamp(1, self.max)
     }
 
+    /// Whether `ceiling` is the memory budget's.
+    fn limited_by_memory(&self, ceiling: usize) -> bool {
+        self.memory.is_some() && self.memory_ceiling().clamp(1, self.max) == ceiling
+    }
+
     /// The most threads the memory budget allows (no limit without a
     /// reading).
     fn memory_ceiling(&self) -> usize {
@@ -285,7 +290,7 @@ impl ThreadController {
         }
         let ceiling = self.ceiling();
         let share = self.share.unwrap_or(1.0);
-        if self.threads > ceiling && ceiling == self.memory_ceiling() {
+        if self.threads > ceiling && self.limited_by_memory(ceiling) {
             let memory = self.memory.unwrap_or_default();
             return self.change_to(
                 ceiling,
@@ -322,7 +327,7 @@ impl ThreadController {
                 rate_before: sample.rate(),
                 settle: SETTLE_INTERVALS,
             });
-            let room = if ceiling == self.memory_ceiling() {
+            let room = if self.limited_by_memory(ceiling) {
                 format!(
                     "memory has room for {ceiling} threads at about {} MiB each",
                     self.memory.unwrap_or_default().per_thread.div_ceil(1 << 20)
