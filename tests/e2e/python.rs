@@ -112,6 +112,49 @@ fn a_def_app_keeps_its_instance_between_calls_unless_told_otherwise() {
 }
 
 #[test]
+fn clients_that_hang_up_mid_call_do_not_turn_instance_reuse_off() {
+    // Each of these clients gives up before its call finishes: the guest's
+    // answer then fails to write and CPython aborts, a trap on a reused
+    // instance. Counted against reuse, three in a row turned it off for
+    // good (every later call a fresh interpreter, a tenth of the
+    // throughput).
+    let server = Server::start(&python_component("hello"), &["--threads", "1"]);
+    server.wait_for_log("each instance serves up to 1000 calls", PYTHON_START);
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let _ = client().get(server.url("/calls")).send().unwrap().text();
+        let gave_up = impatient.get(server.url("/spin?ms=300")).send();
+        assert!(gave_up.is_err(), "the client was meant to give up");
+        // The one thread finishes the spin before the next call.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let calls: Vec<String> = (0..3)
+        .map(|_| {
+            client()
+                .get(server.url("/calls"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+        })
+        .collect();
+    let counts: Vec<u32> = calls.iter().map(|c| c.trim().parse().unwrap()).collect();
+    assert!(
+        counts[1] == counts[0] + 1 && counts[2] == counts[1] + 1,
+        "one instance serves the calls again: {calls:?}"
+    );
+    let turned_off: Vec<_> = server
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("fail when reused"))
+        .collect();
+    assert!(turned_off.is_empty(), "{turned_off:?}");
+}
+
+#[test]
 fn check_and_serve_agree_on_python_components() {
     for (name, lane) in [
         ("hello", "sync"),

@@ -196,6 +196,11 @@ impl Inner {
             }
             Err(failure) => failure,
         };
+        if answer.abandoned() {
+            // The client went away while the guest answered: no evidence
+            // against reuse (exec/answer.rs).
+            return Err(failure);
+        }
         let dirs = !self.settings.grants.dirs.is_empty();
         let answered = answer.is_answered();
         let again =

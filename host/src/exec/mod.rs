@@ -17,6 +17,7 @@
 //! size) says, in either lane, until reuse is seen to break the component
 //! (`reuse.rs`); no lane reuses an instance that failed a call.
 
+mod answer;
 mod async_lane;
 mod fair;
 mod guest_output;
@@ -36,11 +37,11 @@ pub mod thread_control;
 
 use crate::component::{HandlerKind, LoadError, LoadedComponent, one_line};
 use crate::config::{ExecutionConfig, GuestGrants, InvocationLimits, Lane, Origin};
-use crate::invocation::{Body, BodyError, Dispatch, DispatchResult, FailureKind, InvocationError};
+use crate::invocation::{Body, BodyError, Dispatch, FailureKind, InvocationError};
+use answer::Answer;
 use http_body_util::BodyExt;
 use state::StoreState;
-use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use std::sync::Arc;
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -236,39 +237,6 @@ fn new_state(
 ) -> Result<StoreState, InvocationError> {
     StoreState::new(&settings.grants, outbound.clone(), &settings.limits)
         .map_err(|e| InvocationError::new(FailureKind::Capacity, one_line(&e)))
-}
-
-/// Where one call's answer goes: the guest's response (or the error code it
-/// answered with), or the lane's own failure, whichever comes first. The
-/// guest's response callback and the lane hold it together.
-#[derive(Clone)]
-struct Answer(Arc<Mutex<Option<oneshot::Sender<DispatchResult>>>>);
-
-impl Answer {
-    fn new() -> (Self, oneshot::Receiver<DispatchResult>) {
-        let (sender, receiver) = oneshot::channel();
-        (Self::from_sender(sender), receiver)
-    }
-
-    fn from_sender(sender: oneshot::Sender<DispatchResult>) -> Self {
-        Self(Arc::new(Mutex::new(Some(sender))))
-    }
-
-    /// Sends `result` unless the call was answered already; says whether it did.
-    fn send(&self, result: DispatchResult) -> bool {
-        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(sender) => {
-                let _ = sender.send(result);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether the call has been answered.
-    fn is_answered(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-    }
 }
 
 /// What a guest's `handle` call amounts to: `returned` is what it returned,

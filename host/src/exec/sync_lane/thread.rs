@@ -199,6 +199,17 @@ impl Runner {
             }
             Err(failure) => failure,
         };
+        if answer.abandoned() {
+            // The client went away while the guest answered, and the guest
+            // failed writing to it: the client's doing, not the instance's,
+            // so it is no evidence against reuse (exec/answer.rs).
+            tracing::debug!(
+                "[{id}] the client went away mid-response: {}: {}",
+                failure.kind,
+                failure.detail
+            );
+            return None;
+        }
         let dirs = !self.settings.grants.dirs.is_empty();
         // Only within the call's deadline.
         let replay = replay.filter(|_| Instant::now() < deadline);
