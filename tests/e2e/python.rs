@@ -87,20 +87,23 @@ fn a_def_app_serves_its_routes_in_the_sync_lane() {
 /// instances by default, so module globals persist between calls, as in
 /// Azure's long-lived worker; `--instance-reuse 1` gives every call a fresh
 /// interpreter.
+/// Three calls of the hello app's `/calls`: what its instance has counted.
+fn three_calls(server: &Server) -> Vec<String> {
+    (0..3)
+        .map(|_| {
+            client()
+                .get(server.url("/calls"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_def_app_keeps_its_instance_between_calls_unless_told_otherwise() {
-    let calls = |server: &Server| -> Vec<String> {
-        (0..3)
-            .map(|_| {
-                client()
-                    .get(server.url("/calls"))
-                    .send()
-                    .unwrap()
-                    .text()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let calls = three_calls;
     let reused = Server::start(&python_component("hello"), &["--threads", "1"]);
     reused.wait_for_log("each instance serves up to 1000 calls", PYTHON_START);
     assert_eq!(calls(&reused), ["1\n", "2\n", "3\n"]);
@@ -131,16 +134,7 @@ fn clients_that_hang_up_mid_call_do_not_turn_instance_reuse_off() {
         // The one thread finishes the spin before the next call.
         std::thread::sleep(Duration::from_millis(400));
     }
-    let calls: Vec<String> = (0..3)
-        .map(|_| {
-            client()
-                .get(server.url("/calls"))
-                .send()
-                .unwrap()
-                .text()
-                .unwrap()
-        })
-        .collect();
+    let calls = three_calls(&server);
     let counts: Vec<u32> = calls.iter().map(|c| c.trim().parse().unwrap()).collect();
     assert!(
         counts[1] == counts[0] + 1 && counts[2] == counts[1] + 1,
