@@ -74,7 +74,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_MAX_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     pub(super) max_fuel: Option<u64>,
 
-    /// Threads of the sync lane, or auto: start at min(32, cores + 4), then grow while calls queue and the cores have room (up to 256), take back threads that stop adding throughput, shrink to the cores for work that needs them, and shrink when idle, not below the start [default: auto].
+    /// Threads of the sync lane, or auto: start at min(32, cores + 4), then grow while calls queue and the cores have room (up to 256, and within --threads-memory), take back threads that stop adding throughput, shrink to the cores for work that needs them, and shrink when idle, not below the start [default: auto].
     #[arg(long, env = "FNHOST_THREADPOOL_THREAD_COUNT", value_parser = ThreadCount::parse, value_name = "N|auto")]
     pub(super) threads: Option<ThreadCount>,
 

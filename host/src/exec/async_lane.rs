@@ -164,11 +164,19 @@ impl Inner {
         if let Err(error) = outcome
             && !answer.send(Err(InvocationError::new(error.kind, error.detail.clone())))
         {
-            tracing::warn!(
-                "[{id}] invocation failed after its response started: {}: {}",
-                error.kind,
-                error.detail
-            );
+            if answer.abandoned() {
+                tracing::debug!(
+                    "[{id}] the client went away mid-response: {}: {}",
+                    error.kind,
+                    error.detail
+                );
+            } else {
+                tracing::warn!(
+                    "[{id}] invocation failed after its response started: {}: {}",
+                    error.kind,
+                    error.detail
+                );
+            }
         }
         self.make_ready().await;
     }
