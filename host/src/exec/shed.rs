@@ -54,6 +54,9 @@ pub const UNLIMITED_FROM: usize = 4096;
 pub struct Shedder {
     limit: AtomicUsize,
     in_flight: AtomicUsize,
+    /// The most calls in flight since the window began (kept outside the
+    /// window's lock, so that no admission's count is lost to contention).
+    peak_in_flight: AtomicUsize,
     window: Mutex<Window>,
 }
 
@@ -64,6 +67,7 @@ struct Window {
     calls: u64,
     waiting_ns: u64,
     service_ns: u64,
+    /// The most calls in flight in it, filled in when it is judged.
     peak_in_flight: usize,
 }
 
@@ -84,6 +88,7 @@ impl Default for Shedder {
         Self {
             limit: AtomicUsize::new(UNLIMITED_FROM),
             in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             window: Mutex::new(Window::new()),
         }
     }
@@ -122,16 +127,8 @@ impl Shedder {
         }
     }
 
-    /// The limit now; `None` when there is none.
-    pub fn limit(&self) -> Option<usize> {
-        let limit = self.limit.load(Ordering::Relaxed);
-        (limit < UNLIMITED_FROM).then_some(limit)
-    }
-
     fn note_in_flight(&self, now: usize) {
-        if let Ok(mut window) = self.window.try_lock() {
-            window.peak_in_flight = window.peak_in_flight.max(now);
-        }
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
     }
 
     /// Counts a finished call: how long it waited because of load, and the
@@ -146,6 +143,10 @@ impl Shedder {
         if length < WINDOW || (window.calls < MIN_CALLS && length < WINDOW * 10) {
             return;
         }
+        // The next window starts from the calls in flight now: calls
+        // longer than a window keep it at its peak without a new admission.
+        let in_flight_now = self.in_flight.load(Ordering::Relaxed);
+        window.peak_in_flight = self.peak_in_flight.swap(in_flight_now, Ordering::Relaxed);
         let old = self.limit.load(Ordering::Relaxed);
         let new = next_limit(old, &window, length);
         *window = Window::new();
@@ -278,5 +279,21 @@ mod tests {
         assert_eq!(shedder.admit().err(), Some(2));
         drop(first);
         assert!(shedder.admit().is_ok());
+    }
+
+    #[test]
+    fn a_limit_held_full_by_calls_longer_than_a_window_grows_in_each_window() {
+        // Ten calls admitted once and still running: every window after
+        // the first admits nothing new, yet the limit is reached in it.
+        let shedder = Arc::new(Shedder::default());
+        shedder.limit.store(10, Ordering::Relaxed);
+        let _running: Vec<_> = (0..10).map(|_| shedder.admit().unwrap()).collect();
+        for expected in [11, 12] {
+            std::thread::sleep(WINDOW + Duration::from_millis(5));
+            for _ in 0..MIN_CALLS {
+                shedder.record(Duration::ZERO, Duration::from_millis(5));
+            }
+            assert_eq!(shedder.limit.load(Ordering::Relaxed), expected);
+        }
     }
 }
