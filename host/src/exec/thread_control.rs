@@ -115,15 +115,20 @@ pub struct MemoryUse {
     /// What one more thread of this lane holds: its instance's linear
     /// memory at its largest so far, plus its stack.
     pub per_thread: u64,
+    /// The lane's threads alive now, whose memory `resident` holds (during
+    /// a shrink, more than the controller's count until their calls end).
+    pub alive: usize,
 }
 
 impl MemoryUse {
-    /// The most threads a lane of `threads` may have: its threads now
-    /// plus as many as fit below [`MEMORY_GROWTH_LIMIT`] of the budget,
-    /// none between that and the budget, and fewer than now when the
-    /// process is over its budget (the gap keeps the count from hunting
-    /// around the budget a thread at a time).
-    fn ceiling(&self, threads: usize) -> usize {
+    /// The most threads the lane may have: its threads alive now plus as
+    /// many as fit below [`MEMORY_GROWTH_LIMIT`] of the budget, none
+    /// between that and the budget, and fewer than now when the process is
+    /// over its budget (the gap keeps the count from hunting around the
+    /// budget a thread at a time). Counted from the threads alive, not the
+    /// controller's count, so a shrink still under way is not made again.
+    fn ceiling(&self) -> usize {
+        let threads = self.alive;
         let per_thread = self.per_thread.max(1);
         if self.resident <= self.budget {
             let growth_limit = (self.budget as f64 * MEMORY_GROWTH_LIMIT) as u64;
@@ -266,8 +271,7 @@ impl ThreadController {
     /// The most threads the memory budget allows (no limit without a
     /// reading).
     fn memory_ceiling(&self) -> usize {
-        self.memory
-            .map_or(usize::MAX, |memory| memory.ceiling(self.threads))
+        self.memory.map_or(usize::MAX, |memory| memory.ceiling())
     }
 
     /// Takes one interval's sample; returns the change to make, if any.
@@ -649,6 +653,7 @@ mod tests {
             resident: (300 + 14 * threads as u64) << 20,
             budget: budget << 20,
             per_thread: 14 << 20,
+            alive: threads,
         }
     }
 
@@ -685,6 +690,9 @@ mod tests {
         sample.memory = Some(python_memory(100, 1024));
         let change = controller.step(&sample).expect("a shrink");
         assert_eq!((change.from, change.to), (100, 51), "{change:#?}");
+        // The next tick the 100 threads are still finishing their calls and
+        // hold the same memory: the shrink is under way, not made again.
+        assert_eq!(controller.step(&sample), None);
         assert!(
             change
                 .reason

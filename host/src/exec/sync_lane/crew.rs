@@ -251,5 +251,6 @@ fn memory_use(crew: &Crew) -> Option<MemoryUse> {
         resident: memory_budget::resident()?,
         budget: memory_budget::budget()?,
         per_thread: largest + memory_budget::THREAD_OVERHEAD,
+        alive: crew.threads(),
     })
 }
