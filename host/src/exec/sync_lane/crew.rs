@@ -32,6 +32,8 @@ pub(super) struct LaneLoad {
     pub(super) running: AtomicUsize,
     /// Threads waiting for a call now.
     idle: AtomicUsize,
+    /// Retire notes in the queue, not yet taken by a thread.
+    retire_notes: AtomicUsize,
     /// Whether `--threads auto` may still add threads: while it may, time
     /// queued for a thread is the controller's to remove, not load to shed.
     pub(super) can_grow: AtomicBool,
@@ -120,16 +122,22 @@ impl Crew {
     /// Brings the crew to `threads`: starts the missing ones (a change,
     /// or a thread that could not be started before), or asks the extra
     /// ones to leave. Busy threads leave after their call; while no call
-    /// waits, `queue` carries retire notes to idle ones (again on each
-    /// tick, for notes a full queue refused).
+    /// waits, `queue` carries retire notes to idle ones, as many as are
+    /// not queued already (again on each tick, for notes a full queue
+    /// refused: notes share the queue with calls, so they must not pile up).
     pub(super) fn reconcile(self: &Arc<Self>, threads: usize, queue: &SyncSender<Work>) {
         self.target.store(threads, Ordering::Relaxed);
         let alive = self.threads();
         if alive < threads {
             self.grow_to(threads);
         } else if alive > threads && self.load.waiting.load(Ordering::Relaxed) == 0 {
-            for _ in threads..alive {
+            let queued = self.load.retire_notes.load(Ordering::Relaxed);
+            for _ in threads.saturating_add(queued)..alive {
+                // Counted before it is sent: the thread that takes it
+                // counts it out.
+                self.load.retire_notes.fetch_add(1, Ordering::Relaxed);
                 if queue.try_send(Work::Retire).is_err() {
+                    self.load.retire_notes.fetch_sub(1, Ordering::Relaxed);
                     break;
                 }
             }
@@ -145,9 +153,10 @@ impl Crew {
         };
         self.load.idle.fetch_sub(1, Ordering::Relaxed);
         let work = work.ok()?;
-        if matches!(work, Work::Call(_)) {
-            self.load.waiting.fetch_sub(1, Ordering::Relaxed);
-        }
+        match work {
+            Work::Call(_) => self.load.waiting.fetch_sub(1, Ordering::Relaxed),
+            Work::Retire => self.load.retire_notes.fetch_sub(1, Ordering::Relaxed),
+        };
         Some(work)
     }
 
