@@ -9,7 +9,7 @@
 //! "Instance reuse, made safe"). So the response body is watched: dropped
 //! before its end means the client is gone.
 
-use crate::invocation::{Body, BodyError, DispatchResult};
+use crate::invocation::{Body, BodyError, DispatchResult, InvocationError, InvocationId};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -23,10 +23,13 @@ use tokio::sync::oneshot;
 /// answered with), or the lane's own failure, whichever comes first. The
 /// guest's response callback and the lane hold it together.
 #[derive(Clone)]
-pub(super) struct Answer {
-    sender: Arc<Mutex<Option<oneshot::Sender<DispatchResult>>>>,
+pub(super) struct Answer(Arc<Shared>);
+
+/// What the lane and the guest's response callback share.
+struct Shared {
+    sender: Mutex<Option<oneshot::Sender<DispatchResult>>>,
     /// Set when the response body was dropped before it ended.
-    abandoned: Arc<AtomicBool>,
+    abandoned: AtomicBool,
 }
 
 impl Answer {
@@ -38,24 +41,30 @@ impl Answer {
 
     /// An answer sent to `sender`.
     pub(super) fn from_sender(sender: oneshot::Sender<DispatchResult>) -> Self {
-        Self {
-            sender: Arc::new(Mutex::new(Some(sender))),
-            abandoned: Arc::new(AtomicBool::new(false)),
-        }
+        Self(Arc::new(Shared {
+            sender: Mutex::new(Some(sender)),
+            abandoned: AtomicBool::new(false),
+        }))
     }
 
     /// Sends `result` unless the call was answered already; says whether it
     /// did. A response's body is watched for the client going away.
     pub(super) fn send(&self, result: DispatchResult) -> bool {
-        match self.sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        match self
+            .0
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             Some(sender) => {
                 let watched = result.map(|response| {
-                    let abandoned = self.abandoned.clone();
+                    let shared = self.0.clone();
                     response.map(|inner| {
                         WatchedBody {
                             inner,
                             ended: false,
-                            abandoned,
+                            shared,
                         }
                         .boxed_unsync()
                     })
@@ -69,7 +78,8 @@ impl Answer {
 
     /// Whether the call has been answered.
     pub(super) fn is_answered(&self) -> bool {
-        self.sender
+        self.0
+            .sender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
@@ -78,7 +88,22 @@ impl Answer {
     /// Whether the response was dropped before its body ended: the client
     /// (or the connection) went away while the guest was still answering.
     pub(super) fn abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::Relaxed)
+        self.0.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Answers the caller with `failure`, or, when the response had
+    /// already started, logs it: as a failed invocation, or at debug level
+    /// when the client had gone (the guest's failure was writing to it).
+    pub(super) fn report(&self, id: InvocationId, failure: InvocationError) {
+        let (kind, detail) = (failure.kind, failure.detail.clone());
+        if self.send(Err(failure)) {
+            return;
+        }
+        if self.abandoned() {
+            tracing::debug!("[{id}] the client went away mid-response: {kind}: {detail}");
+        } else {
+            tracing::warn!("[{id}] invocation failed after its response started: {kind}: {detail}");
+        }
     }
 }
 
@@ -86,7 +111,7 @@ impl Answer {
 struct WatchedBody {
     inner: Body,
     ended: bool,
-    abandoned: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl hyper::body::Body for WatchedBody {
@@ -118,7 +143,7 @@ impl Drop for WatchedBody {
     fn drop(&mut self) {
         // Set before the inner body (and the guest's stream with it) goes.
         if !self.ended && !self.inner.is_end_stream() {
-            self.abandoned.store(true, Ordering::Relaxed);
+            self.shared.abandoned.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -161,22 +161,8 @@ impl Inner {
                 format!("ran past its {} ms timeout", timeout.as_millis()),
             )),
         };
-        if let Err(error) = outcome
-            && !answer.send(Err(InvocationError::new(error.kind, error.detail.clone())))
-        {
-            if answer.abandoned() {
-                tracing::debug!(
-                    "[{id}] the client went away mid-response: {}: {}",
-                    error.kind,
-                    error.detail
-                );
-            } else {
-                tracing::warn!(
-                    "[{id}] invocation failed after its response started: {}: {}",
-                    error.kind,
-                    error.detail
-                );
-            }
+        if let Err(error) = outcome {
+            answer.report(id, error);
         }
         self.make_ready().await;
     }

@@ -203,11 +203,7 @@ impl Runner {
             // The client went away while the guest answered, and the guest
             // failed writing to it: the client's doing, not the instance's,
             // so it is no evidence against reuse (exec/answer.rs).
-            tracing::debug!(
-                "[{id}] the client went away mid-response: {}: {}",
-                failure.kind,
-                failure.detail
-            );
+            answer.report(id, failure);
             return None;
         }
         let dirs = !self.settings.grants.dirs.is_empty();
@@ -218,13 +214,13 @@ impl Runner {
             self.reuse
                 .run_again(id, reused, replay, &failure, answered, ended.outbound, dirs);
         let Some(request) = again else {
-            report(id, &answer, failure);
+            answer.report(id, failure);
             return None;
         };
         let ended = match self.prepare() {
             Ok(fresh) => self.call_on(fresh, id, request, deadline, &answer),
             Err(error) => {
-                report(id, &answer, error);
+                answer.report(id, error);
                 return None;
             }
         };
@@ -238,7 +234,7 @@ impl Runner {
             }
             Err(error) => {
                 self.reuse.record(false, Some(error.kind));
-                report(id, &answer, error);
+                answer.report(id, error);
                 None
             }
         }
@@ -319,14 +315,5 @@ impl Runner {
             result,
             outbound,
         }
-    }
-}
-
-/// Answers the caller with `failure`, or logs it when the response had
-/// already started.
-fn report(id: InvocationId, answer: &Answer, failure: InvocationError) {
-    let (kind, detail) = (failure.kind, failure.detail.clone());
-    if !answer.send(Err(failure)) {
-        tracing::warn!("[{id}] invocation failed after its response started: {kind}: {detail}");
     }
 }
