@@ -17,6 +17,7 @@
 //! A fixed `--threads N` is the user's choice and is not limited by it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Share of the memory available to the host that `--threads auto` may
 /// fill by default; the rest is left to the rest of the machine and to the
@@ -39,6 +40,31 @@ pub struct BudgetSettings {
 }
 
 static SETTINGS: OnceLock<BudgetSettings> = OnceLock::new();
+
+static LANES: AtomicUsize = AtomicUsize::new(0);
+
+/// One `--threads auto` lane sharing the budget, for as long as it lives.
+#[must_use = "the lane shares the budget while this lives"]
+pub struct LaneShare(());
+
+impl LaneShare {
+    /// Counts a lane in.
+    pub fn join() -> Self {
+        LANES.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for LaneShare {
+    fn drop(&mut self) {
+        LANES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The `--threads auto` lanes sharing the budget now (at least 1).
+pub fn lanes() -> usize {
+    LANES.load(Ordering::Relaxed).max(1)
+}
 
 /// Sets what the budget is made from; once per process, before any lane
 /// starts (a later call changes nothing). Without it: the default share,

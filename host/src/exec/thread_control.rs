@@ -118,6 +118,10 @@ pub struct MemoryUse {
     /// The lane's threads alive now, whose memory `resident` holds (during
     /// a shrink, more than the controller's count until their calls end).
     pub alive: usize,
+    /// The `--threads auto` lanes in the process, which share the budget:
+    /// each takes its part of the room, and gives back its part of the
+    /// overage.
+    pub lanes: usize,
 }
 
 impl MemoryUse {
@@ -129,13 +133,16 @@ impl MemoryUse {
     /// controller's count, so a shrink still under way is not made again.
     fn ceiling(&self) -> usize {
         let threads = self.alive;
-        let per_thread = self.per_thread.max(1);
+        let share = self
+            .per_thread
+            .max(1)
+            .saturating_mul(self.lanes.max(1) as u64);
         if self.resident <= self.budget {
             let growth_limit = (self.budget as f64 * MEMORY_GROWTH_LIMIT) as u64;
-            let room = growth_limit.saturating_sub(self.resident) / per_thread;
+            let room = growth_limit.saturating_sub(self.resident) / share;
             threads.saturating_add(usize::try_from(room).unwrap_or(usize::MAX))
         } else {
-            let over = (self.resident - self.budget).div_ceil(per_thread);
+            let over = (self.resident - self.budget).div_ceil(share);
             threads.saturating_sub(usize::try_from(over).unwrap_or(usize::MAX))
         }
     }
@@ -654,6 +661,7 @@ mod tests {
             budget: budget << 20,
             per_thread: 14 << 20,
             alive: threads,
+            lanes: 1,
         }
     }
 
@@ -699,6 +707,18 @@ mod tests {
                 .contains("holds 1700 MiB of its 1024 MiB budget"),
             "{change:#?}"
         );
+    }
+
+    #[test]
+    fn two_lanes_share_the_room_and_the_overage() {
+        // 1,024 MiB budget, 300 held: room for 48 threads of 14 MiB in
+        // all, so 24 each; 1,700 MiB held: 49 threads over, 25 each.
+        let two = |threads, budget| MemoryUse {
+            lanes: 2,
+            ..python_memory(threads, budget)
+        };
+        assert_eq!(two(0, 1024).ceiling(), 24);
+        assert_eq!(two(100, 1024).ceiling(), 75);
     }
 
     #[test]

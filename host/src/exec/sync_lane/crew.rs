@@ -182,6 +182,7 @@ impl Crew {
         let crew = Arc::downgrade(self);
         let function = self.runner.function();
         self.runtime.spawn(async move {
+            let _share = memory_budget::LaneShare::join();
             let mut ticker = tokio::time::interval(CONTROL_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
@@ -261,5 +262,6 @@ fn memory_use(crew: &Crew) -> Option<MemoryUse> {
         budget: memory_budget::budget()?,
         per_thread: largest + memory_budget::THREAD_OVERHEAD,
         alive: crew.threads(),
+        lanes: memory_budget::lanes(),
     })
 }
