@@ -241,10 +241,10 @@ impl Metrics {
     }
 
     /// Sets how many sync-lane threads `function` runs now.
-    pub fn set_sync_threads(&self, function: &str, lane: Lane, threads: u64) {
+    pub fn set_sync_threads(&self, function: &str, threads: u64) {
         let labels = FunctionLabels {
             function: function.to_string(),
-            lane: lane.to_string(),
+            lane: Lane::Sync.to_string(),
         };
         self.sync_threads
             .get_or_create(&labels)

@@ -65,7 +65,6 @@ impl P3Lane {
                 engine: pre.engine().clone(),
                 pre: ProxyPre::P3(pre),
                 outbound: settings.grants.outbound.clone().into(),
-                function: settings.function.clone(),
                 settings,
                 watch: StallWatch::start(),
             }),
@@ -136,7 +135,6 @@ struct P3Instances {
     engine: wasmtime::Engine,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
-    function: Arc<str>,
     watch: Arc<StallWatch>,
 }
 
@@ -153,7 +151,7 @@ impl HandlerState for P3Instances {
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
         store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
         super::async_lane::yield_on_epochs(&mut store);
-        let clock = GuestClock::new(self.function.clone());
+        let clock = GuestClock::new(self.settings.function.clone());
         self.watch.register(&clock);
         let hook = clock.clone();
         store.call_hook(move |_, transition| {

@@ -5,8 +5,8 @@
 //! A thread is started by [`Crew::grow_to`]; it leaves when it finds the
 //! crew over its target, after a call or on a [`Work::Retire`] that
 //! [`Crew::reconcile`] queues for idle threads. The controller reconciles
-//! the crew with its count on every tick, and the profile's thread gauge
-//! is written there, by one writer.
+//! the crew with its count on every tick; the profile's thread gauge is
+//! written when threads start and on every tick.
 
 use super::Work;
 use super::thread::Runner;

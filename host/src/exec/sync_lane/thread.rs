@@ -115,9 +115,7 @@ impl Runner {
             let queued = started.saturating_duration_since(job.enqueued);
             let cpu_before = profile::thread_cpu_time();
             let delay_before = run_delay.as_ref().map(profile::OwnRunDelay::now);
-            crew.load
-                .running
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crew.load.running.fetch_add(1, Ordering::Relaxed);
             // A panic in a host call must cost one call, not the thread: the
             // caller sees its answer channel close and gets a 500.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(instance, job)))
@@ -128,9 +126,7 @@ impl Runner {
                     warm = None;
                 }
             }
-            crew.load
-                .running
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            crew.load.running.fetch_sub(1, Ordering::Relaxed);
             let cpu = profile::thread_cpu_time() - cpu_before;
             let busy = started.elapsed();
             self.settings.profile.record(cpu, queued);

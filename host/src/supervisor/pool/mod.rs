@@ -228,8 +228,7 @@ impl WorkerLink {
             };
             let threads = function.move_threads(before.sync_threads, now.sync_threads);
             if function.lane == Lane::Sync {
-                self.metrics
-                    .set_sync_threads(&function.name, function.lane, threads);
+                self.metrics.set_sync_threads(&function.name, threads);
             }
             let new = crate::exec::profile::ProfileSnapshot {
                 calls: now.calls.saturating_sub(before.calls),
@@ -259,8 +258,7 @@ impl WorkerLink {
             if let Some(function) = (self.lookup)(generation, function) {
                 let threads = function.move_threads(last.sync_threads, 0);
                 if function.lane == Lane::Sync {
-                    self.metrics
-                        .set_sync_threads(&function.name, function.lane, threads);
+                    self.metrics.set_sync_threads(&function.name, threads);
                 }
             }
         }
