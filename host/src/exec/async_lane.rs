@@ -136,19 +136,19 @@ impl Inner {
     ) {
         let HttpInvocation { id, request } = invocation;
         let timeout = self.settings.limits.timeout;
-        let spawn_wait = dispatched.map(|at| at.elapsed());
+        // With load shedding: the dispatch time, and the wait for this task.
+        let dispatched = dispatched.map(|at| (at, at.elapsed()));
         let finished = {
-            let mut call = std::pin::pin!(Fair::new(
-                self.call(id, request, &answer),
-                self.share.clone()
-            ));
+            let guest = self.call(id, request, &answer);
+            let mut call = std::pin::pin!(match dispatched {
+                Some(_) => Fair::measuring(guest, self.share.clone()),
+                None => Fair::new(guest, self.share.clone()),
+            });
             let finished = tokio::time::timeout(timeout, &mut call).await;
             self.settings
                 .profile
                 .record(call.guest_time(), std::time::Duration::ZERO);
-            if let (Some(shedder), Some(at), Some(spawn_wait)) =
-                (&self.settings.shedder, dispatched, spawn_wait)
-            {
+            if let (Some(shedder), Some((at, spawn_wait))) = (&self.settings.shedder, dispatched) {
                 let waiting = spawn_wait + call.ready_wait();
                 shedder.record(waiting, at.elapsed().saturating_sub(waiting));
             }

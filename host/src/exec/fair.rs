@@ -18,10 +18,11 @@
 //! There are one fewer permits than worker threads, so at least one worker
 //! is always free for short requests, however many guests spin.
 //!
-//! [`Fair`] also measures how long its guest was ready to run but not
-//! running ([`Fair::ready_wait`]): from a wake-up, or a yield, to the next
-//! slice. That time grows with load and nothing else, which is what load
-//! shedding (`shed.rs`) needs.
+//! Made with [`Fair::measuring`], it also measures how long its guest was
+//! ready to run but not running ([`Fair::ready_wait`]): from a wake-up, or
+//! a yield, to the next slice. That time grows with load and nothing else,
+//! which is what load shedding (`shed.rs`) needs; without it, no clock is
+//! read for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,14 +74,24 @@ impl<F: Future> Fair<F> {
     }
 
     /// Time the inner future was ready to run but not running so far:
-    /// from each wake-up or yield to its next slice.
+    /// from each wake-up or yield to its next slice (zero unless made with
+    /// [`Fair::measuring`]).
     pub fn ready_wait(&self) -> Duration {
         self.ready_wait
     }
 
     /// Wraps `inner`; once long-running, it takes turns on `share`.
     pub fn new(inner: F, share: FairShare) -> Self {
-        let detector = Arc::new(SelfWakeDetector::new());
+        Self::with_detector(inner, share, SelfWakeDetector::new(false))
+    }
+
+    /// [`Fair::new`], also measuring [`Fair::ready_wait`].
+    pub fn measuring(inner: F, share: FairShare) -> Self {
+        Self::with_detector(inner, share, SelfWakeDetector::new(true))
+    }
+
+    fn with_detector(inner: F, share: FairShare, detector: SelfWakeDetector) -> Self {
+        let detector = Arc::new(detector);
         Self {
             inner: Box::pin(inner),
             detector_waker: Waker::from(detector.clone()),
@@ -132,7 +143,7 @@ impl<F: Future> Future for Fair<F> {
         this.guest_time += slice_ended - slice_started;
         this.detector.in_poll.store(false, Ordering::SeqCst);
         let woke_itself = this.detector.self_woken.swap(false, Ordering::SeqCst);
-        if woke_itself {
+        if woke_itself && this.detector.epoch.is_some() {
             // A yield: ready from now until its next slice.
             this.detector.mark_ready(slice_ended);
         }
@@ -162,8 +173,8 @@ struct SelfWakeDetector {
     in_poll: AtomicBool,
     self_woken: AtomicBool,
     task: Mutex<Option<Waker>>,
-    /// What `ready_since` counts from.
-    epoch: Instant,
+    /// What `ready_since` counts from; `None`: ready time is not measured.
+    epoch: Option<Instant>,
     /// When the future became ready to run, in nanoseconds since `epoch`
     /// (plus one; 0: it is not waiting to run).
     ready_since: AtomicU64,
@@ -171,21 +182,24 @@ struct SelfWakeDetector {
 
 impl SelfWakeDetector {
     /// A detector for a future that is ready to run from now (its first
-    /// poll).
-    fn new() -> Self {
+    /// poll), timing that readiness if `measure`.
+    fn new(measure: bool) -> Self {
         Self {
             in_poll: AtomicBool::new(false),
             self_woken: AtomicBool::new(false),
             task: Mutex::new(None),
-            epoch: Instant::now(),
-            ready_since: AtomicU64::new(1),
+            epoch: measure.then(Instant::now),
+            ready_since: AtomicU64::new(u64::from(measure)),
         }
     }
 
     /// Notes that the future is ready to run from `at`, unless it already
-    /// was.
+    /// was (measuring only).
     fn mark_ready(&self, at: Instant) {
-        let since = u64::try_from((at - self.epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        let Some(epoch) = self.epoch else {
+            return;
+        };
+        let since = u64::try_from((at - epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1;
         let _ = self
             .ready_since
             .compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire);
@@ -193,9 +207,12 @@ impl SelfWakeDetector {
 
     /// How long the future has been ready to run, at `now`; it no longer is.
     fn take_ready_since(&self, now: Instant) -> Duration {
+        let Some(epoch) = self.epoch else {
+            return Duration::ZERO;
+        };
         match self.ready_since.swap(0, Ordering::AcqRel) {
             0 => Duration::ZERO,
-            since => (now - self.epoch).saturating_sub(Duration::from_nanos(since - 1)),
+            since => (now - epoch).saturating_sub(Duration::from_nanos(since - 1)),
         }
     }
 
@@ -226,7 +243,9 @@ impl Wake for SelfWakeDetector {
                 return;
             }
         }
-        self.mark_ready(Instant::now());
+        if self.epoch.is_some() {
+            self.mark_ready(Instant::now());
+        }
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             task.wake_by_ref();
         }
@@ -362,7 +381,7 @@ mod tests {
             })
         });
         let yielding = tokio::spawn(async move {
-            let mut guest = Box::pin(Fair::new(
+            let mut guest = Box::pin(Fair::measuring(
                 async {
                     for _ in 0..10 {
                         SelfWaking(1).await;
@@ -379,7 +398,7 @@ mod tests {
             spinner.await.unwrap();
         }
         let sleeping = tokio::spawn(async {
-            let mut guest = Box::pin(Fair::new(
+            let mut guest = Box::pin(Fair::measuring(
                 tokio::time::sleep(Duration::from_millis(50)),
                 FairShare::for_workers(1),
             ));
