@@ -187,13 +187,9 @@ impl HostBuilder {
                 });
         let loaded = component::compile(&engine, file, cache.as_ref())?;
         let profile = Arc::new(exec::profile::Profile::default());
-        let function = self.name.map_or_else(
-            || {
-                path.file_stem()
-                    .map_or_else(|| "function".into(), |s| s.to_string_lossy().into())
-            },
-            Into::into,
-        );
+        let function = self
+            .name
+            .map_or_else(|| app::name_from_path(&path).into(), Into::into);
         let settings = exec::ExecSettings {
             function,
             limits: self.config.invocation.clone(),

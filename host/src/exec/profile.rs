@@ -25,8 +25,9 @@ pub struct Profile {
     calls: AtomicU64,
     cpu_ns: AtomicU64,
     queued_ns: AtomicU64,
-    /// The function's sync-lane threads, by kernel thread id.
-    threads: std::sync::Mutex<Vec<libc::pid_t>>,
+    /// The function's sync-lane threads, by kernel thread id, each with
+    /// its schedstat kept open.
+    threads: std::sync::Mutex<Vec<(libc::pid_t, OwnRunDelay)>>,
     /// Time ready without a core of the sync-lane threads that have left.
     left_descheduled_ns: AtomicU64,
     /// Sync-lane threads running now.
@@ -68,10 +69,11 @@ impl Profile {
     pub fn add_this_thread(&self) {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
+        let delay = OwnRunDelay::open();
         self.threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(tid);
+            .push((tid, delay));
     }
 
     /// No longer counts the calling thread, which is leaving; keeps the
@@ -80,9 +82,11 @@ impl Profile {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        threads.retain(|&other| other != tid);
-        self.left_descheduled_ns
-            .fetch_add(run_delay_ns(tid), Ordering::Relaxed);
+        if let Some(at) = threads.iter().position(|(other, _)| *other == tid) {
+            let (_, delay) = threads.swap_remove(at);
+            self.left_descheduled_ns
+                .fetch_add(nanos(delay.now()), Ordering::Relaxed);
+        }
     }
 
     /// Records that the sync lane runs `threads` threads now.
@@ -98,10 +102,10 @@ impl Profile {
     /// Time the function's sync-lane threads, present and past, have been
     /// ready to run without a core, in nanoseconds.
     pub fn descheduled_ns(&self) -> u64 {
-        // Read under the lock: a thread leaving moves its time from one
-        // count to the other.
+        // Read under the lock (one `pread` a thread): a thread leaving
+        // moves its time from one count to the other.
         let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        let present: u64 = threads.iter().copied().map(run_delay_ns).sum();
+        let present: u64 = threads.iter().map(|(_, delay)| nanos(delay.now())).sum();
         present + self.left_descheduled_ns.load(Ordering::Relaxed)
     }
 
@@ -118,17 +122,10 @@ impl Profile {
     }
 }
 
-/// Nanoseconds thread `tid` of this process has spent ready to run
-/// without a core (the second field of its schedstat); 0 if unknown.
-fn run_delay_ns(tid: libc::pid_t) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The calling thread's own schedstat, kept open: one `pread` per reading
-/// (about a microsecond) instead of an open, a read and a close.
+/// (about a microsecond) instead of an open, a read and a close. Any
+/// thread may read it; it stays the opening thread's.
+#[derive(Debug)]
 pub struct OwnRunDelay(Option<std::fs::File>);
 
 impl OwnRunDelay {
