@@ -424,6 +424,9 @@ impl ThreadController {
             return None;
         }
         self.threads = to;
+        // Idleness is judged afresh after any change.
+        self.idle_intervals = 0;
+        self.idle_peak_busy = 0.0;
         Some(Change { from, to, reason })
     }
 }
