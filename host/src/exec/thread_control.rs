@@ -493,12 +493,27 @@ mod tests {
         /// The thread count after `intervals` steps from `start`.
         fn settle(&self, start: usize, intervals: usize) -> (usize, Vec<Change>) {
             let mut controller = ThreadController::new(start, 256, self.cores);
+            let changes = self.drive(&mut controller, intervals, |_, _| {});
+            (controller.threads(), changes)
+        }
+
+        /// Steps `controller` `intervals` times on this workload, each
+        /// sample changed by `tweak` (given the thread count) first; the
+        /// changes made.
+        fn drive(
+            &self,
+            controller: &mut ThreadController,
+            intervals: usize,
+            tweak: impl Fn(&mut Sample, usize),
+        ) -> Vec<Change> {
             let mut changes = Vec::new();
             for _ in 0..intervals {
-                let sample = self.sample(controller.threads());
+                let threads = controller.threads();
+                let mut sample = self.sample(threads);
+                tweak(&mut sample, threads);
                 changes.extend(controller.step(&sample));
             }
-            (controller.threads(), changes)
+            changes
         }
     }
 
@@ -521,12 +536,10 @@ mod tests {
         // 2 ms for a core, which is not a reason to stop growing.
         let sleeper = sleeper();
         let mut controller = ThreadController::new(6, 256, 2);
-        for _ in 0..14 {
-            let mut sample = sleeper.sample(controller.threads());
+        sleeper.drive(&mut controller, 14, |sample, _| {
             sample.descheduled_ns = sample.calls * 2_000_000;
             sample.busy_ns += sample.descheduled_ns;
-            controller.step(&sample);
-        }
+        });
         assert_eq!(controller.threads(), 200);
     }
 
@@ -568,11 +581,7 @@ mod tests {
             ..sleeper()
         };
         let mut controller = ThreadController::new(6, 256, 2);
-        let mut changes = Vec::new();
-        for _ in 0..12 {
-            let sample = limited.sample(controller.threads());
-            changes.extend(controller.step(&sample));
-        }
+        let changes = limited.drive(&mut controller, 12, |_, _| {});
         // 6 → 12 paid (120 → 240 calls/s); 12 → 24 did not (240 → 300).
         let reverted = changes.iter().find(|c| c.to < c.from).expect("a revert");
         assert_eq!((reverted.from, reverted.to), (24, 12), "{changes:#?}");
@@ -597,20 +606,13 @@ mod tests {
     fn an_idle_lane_shrinks_back_to_its_start_but_not_below() {
         let burst = sleeper();
         let mut controller = ThreadController::new(6, 256, 2);
-        for _ in 0..14 {
-            let sample = burst.sample(controller.threads());
-            controller.step(&sample);
-        }
+        burst.drive(&mut controller, 14, |_, _| {});
         assert_eq!(controller.threads(), 200);
         let trickle = Workload {
             clients: 2,
             ..burst
         };
-        let mut changes = Vec::new();
-        for _ in 0..IDLE_INTERVALS - 1 {
-            let sample = trickle.sample(controller.threads());
-            changes.extend(controller.step(&sample));
-        }
+        let changes = trickle.drive(&mut controller, IDLE_INTERVALS as usize - 1, |_, _| {});
         assert!(changes.is_empty(), "not before the idle time: {changes:#?}");
         let sample = trickle.sample(controller.threads());
         let change = controller.step(&sample).expect("shrinks");
@@ -672,12 +674,9 @@ mod tests {
     fn a_waiting_function_grows_only_as_far_as_the_memory_budget() {
         let sleeper = sleeper();
         let mut controller = ThreadController::new(6, 256, 2);
-        let mut changes = Vec::new();
-        for _ in 0..20 {
-            let mut sample = sleeper.sample(controller.threads());
-            sample.memory = Some(python_memory(controller.threads(), 1024));
-            changes.extend(controller.step(&sample));
-        }
+        let changes = sleeper.drive(&mut controller, 20, |sample, threads| {
+            sample.memory = Some(python_memory(threads, 1024));
+        });
         // (0.95 × 1024 - 300) / 14 = 48 threads fit.
         assert_eq!(controller.threads(), 48, "{changes:#?}");
         assert!(changes.iter().all(|c| c.to > c.from), "{changes:#?}");
