@@ -362,6 +362,69 @@ fn async_def_calls_that_never_await_do_not_stall_the_other_calls() {
     });
 }
 
+/// The other side of the seed's trap: well-behaved `async def` calls on a
+/// saturated host are no stall. 160 clients keep `/sleep?ms=20` busy, more
+/// than the cores can run, so each call waits for a core at its yields far
+/// longer than it runs. A stall clock of wall time called that waiting a
+/// stall (about 1,400 warnings in 10 s of a benchmark, and instances
+/// refusing calls they could take); the clock counts the epoch ticks the
+/// guest runs through. Asserted: the load saturated the host (calls took
+/// several times their 20 ms), every call succeeded, and no stall was
+/// logged or counted.
+#[test]
+fn async_def_calls_that_await_are_no_stall_on_a_saturated_host() {
+    let server = Server::start(&python_component("fanout"), &["--admin", "127.0.0.1:0"]);
+    let url = server.url("/sleep?ms=20");
+    let window = Duration::from_secs(3);
+    let clients: Vec<_> = (0..160)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let http = client();
+                let started = Instant::now();
+                let mut calls = Vec::new();
+                while started.elapsed() < window {
+                    let sent = Instant::now();
+                    let status = http.get(&url).send().unwrap().status().as_u16();
+                    calls.push((status, sent.elapsed()));
+                }
+                calls
+            })
+        })
+        .collect();
+    let calls: Vec<(u16, Duration)> = clients
+        .into_iter()
+        .flat_map(|client| client.join().unwrap())
+        .collect();
+    let failed = calls.iter().filter(|(status, _)| *status != 200).count();
+    let mean = calls.iter().map(|(_, took)| *took).sum::<Duration>() / calls.len() as u32;
+    let summary = format!("{} calls, {failed} failed, mean {mean:?}", calls.len());
+    eprintln!("{summary}");
+    assert_eq!(failed, 0, "{summary}");
+    assert!(
+        mean >= Duration::from_millis(60),
+        "the load did not saturate the host, so this test shows nothing: {summary}"
+    );
+    // Workers report their counts every second or so.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = server.admin_text("/metrics");
+    let stalls = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("fnhost_async_stalls_total "))
+        .unwrap_or_else(|| panic!("no fnhost_async_stalls_total in:\n{metrics}"));
+    let warnings: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("without handing control back"))
+        .collect();
+    assert_eq!(
+        (stalls.trim(), warnings.len()),
+        ("0", 0),
+        "{summary}; stall warnings: {:?}",
+        warnings.iter().take(3).collect::<Vec<_>>()
+    );
+}
+
 /// A function app of componentize-py components, as a Python user would
 /// write one: a `def` app (sync lane), an `async def` app (WASIp3, async
 /// lane) and a queue function, on two workers; then one function's

@@ -381,7 +381,7 @@ pub(super) fn new_async_store(
     store
         .fuel_async_yield_interval(Some(execution.yield_fuel))
         .map_err(fuel_error)?;
-    yield_on_epochs(&mut store);
+    yield_on_epochs(&mut store, || {});
     Ok(store)
 }
 
@@ -392,8 +392,14 @@ pub(super) fn new_async_store(
 /// again before anyone else: wasmtime #10667). WASIp3 calls run inside
 /// wasmtime-wasi-http's own tasks, which [`Fair`](super::fair::Fair)
 /// cannot wrap, so this is their fairness. Elsewhere it never fires.
-pub(super) fn yield_on_epochs(store: &mut Store<StoreState>) {
-    store.epoch_deadline_callback(|_| {
+/// `on_tick` runs at each tick the guest was running through, before it
+/// yields.
+pub(super) fn yield_on_epochs(
+    store: &mut Store<StoreState>,
+    on_tick: impl Fn() + Send + Sync + 'static,
+) {
+    store.epoch_deadline_callback(move |_| {
+        on_tick();
         Ok(wasmtime::UpdateDeadline::YieldCustom(
             1,
             Box::pin(tokio::task::yield_now()),

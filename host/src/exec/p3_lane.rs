@@ -150,9 +150,10 @@ impl HandlerState for P3Instances {
         let execution = &self.settings.execution;
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
         store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
-        super::async_lane::yield_on_epochs(&mut store);
         let clock = GuestClock::new(self.settings.function.clone());
         self.watch.register(&clock);
+        let ticking = clock.clone();
+        super::async_lane::yield_on_epochs(&mut store, move || ticking.epoch_tick());
         let hook = clock.clone();
         store.call_hook(move |_, transition| {
             hook.transition(transition);
