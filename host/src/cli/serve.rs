@@ -86,7 +86,7 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_QUEUE_TIMEOUT", value_parser = parse_nonzero_duration, value_name = "DURATION")]
     pub(super) queue_timeout: Option<Duration>,
 
-    /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for WASIp3 components].
+    /// Calls one instance may serve before it is replaced [default: 1 (a fresh instance per call), or 1000 for components with 8 MiB or more of initial memory (Python, JavaScript); 128 for smaller WASIp3 components].
     #[arg(long, env = "FNHOST_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub(super) instance_reuse: Option<u32>,
 

@@ -207,9 +207,9 @@ pub struct ExecutionConfig {
     pub queue_timeout: Option<Duration>,
     /// Calls one instance may serve before it is replaced
     /// (`--instance-reuse`), for HTTP calls in either lane (queue messages
-    /// always get a fresh instance). Unset: WASIp2 components decide
-    /// from their initial memory (`exec/reuse.rs`), WASIp3 components get
-    /// [`DEFAULT_P3_INSTANCE_REUSE`].
+    /// always get a fresh instance). Unset: decided from the component's
+    /// initial memory (`exec/reuse.rs`), with 1 for small WASIp2
+    /// components and [`DEFAULT_P3_INSTANCE_REUSE`] for small WASIp3 ones.
     pub instance_reuse: Option<u32>,
     /// Calls one WASIp3 instance may run at once (`--max-concurrent-reuse`).
     pub max_concurrent_reuse: u32,
@@ -226,7 +226,8 @@ pub fn default_queue_timeout(timeout: Duration) -> Duration {
     (timeout / 2).min(Duration::from_secs(5))
 }
 
-/// Calls a WASIp3 instance serves by default before it is replaced.
+/// Calls a WASIp3 instance serves by default before it is replaced, unless
+/// its initial memory is large (`exec/reuse.rs`).
 pub const DEFAULT_P3_INSTANCE_REUSE: u32 = 128;
 /// Calls a WASIp3 instance runs at once by default.
 pub const DEFAULT_MAX_CONCURRENT_REUSE: u32 = 16;

@@ -24,6 +24,7 @@ mod guest_output;
 pub mod memory_budget;
 mod outbound;
 #[cfg(feature = "wasip3")]
+mod p3_budget;
 mod p3_lane;
 pub mod profile;
 mod queue_lane;
@@ -106,7 +107,13 @@ pub fn start(
             {
                 let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
                     .map_err(link_error)?;
-                Arc::new(p3_lane::P3Lane::new(pre, settings))
+                let reuse = reuse::configured_reuse(
+                    settings.execution.instance_reuse,
+                    &component.needs,
+                    crate::config::DEFAULT_P3_INSTANCE_REUSE,
+                );
+                let expensive = reuse::large_instances(&component.needs);
+                Arc::new(p3_lane::P3Lane::new(pre, settings, reuse, expensive))
             }
             #[cfg(not(feature = "wasip3"))]
             return Err(link_error(wasmtime::Error::msg(
@@ -118,7 +125,7 @@ pub fn start(
                 let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
                 let reuse =
-                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
+                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs, 1);
                 let shedder = settings.shedder.clone();
                 shed::Shed::wrap(async_lane::AsyncLane::new(pre, settings, reuse), shedder)
             }
@@ -126,7 +133,7 @@ pub fn start(
                 let pre = wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(instance_pre)
                     .map_err(link_error)?;
                 let reuse =
-                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs);
+                    reuse::configured_reuse(settings.execution.instance_reuse, &component.needs, 1);
                 let shedder = settings.shedder.clone();
                 let lane = sync_lane::SyncLane::start(
                     pre,

@@ -3,8 +3,10 @@
 //!
 //! A WASIp3 guest can serve several requests at once, so instances are
 //! reused: one instance runs up to `--max-concurrent-reuse` calls at a time
-//! and serves up to `--instance-reuse` calls (default 128) before it is
-//! replaced; an instance that trapped is dropped with every call it was
+//! and serves up to `--instance-reuse` calls (default 128, or 1000 for a
+//! component with a large initial memory, `exec/reuse.rs`) before it is
+//! replaced; the lane makes only the instances its calls in flight need
+//! (`exec/p3_budget.rs`); an instance that trapped is dropped with every call it was
 //! running. wasmtime-wasi-http's `ProxyHandler` schedules requests onto
 //! instances; this module supplies the policy (how many calls, how long)
 //! and the store.
@@ -22,11 +24,12 @@
 //! traced to one call (a trap during concurrent calls, a memory limit) fails
 //! every call on that instance with `trap`.
 
+use super::p3_budget::{BudgetSlot, InstanceBudget, NoRoom};
 use super::stall::{GuestClock, StallWatch};
 use super::state::StoreState;
 use super::{ExecSettings, body_error_to_wasi, classify, host_response, new_state};
 use crate::component::one_line;
-use crate::config::{DEFAULT_P3_INSTANCE_REUSE, Origin};
+use crate::config::Origin;
 use crate::invocation::{
     Dispatch, DispatchResult, FailureKind, HttpInvocation, InvocationError, InvocationId,
 };
@@ -54,21 +57,39 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 /// Runs WASIp3 invocations on reused, concurrent instances.
 pub struct P3Lane {
     handler: ProxyHandler<P3Instances>,
-    in_flight: Arc<tokio::sync::Semaphore>,
+    budget: Arc<InstanceBudget>,
 }
 
 impl P3Lane {
-    /// A lane instantiating `pre` as requests need instances.
-    pub fn new(pre: ServicePre<StoreState>, settings: ExecSettings) -> Self {
+    /// A lane instantiating `pre` as requests need instances, each serving
+    /// up to `reuse` calls; with `budget`, only as many instances as the
+    /// calls in flight need (for a component whose instances are expensive).
+    pub fn new(
+        pre: ServicePre<StoreState>,
+        settings: ExecSettings,
+        reuse: u32,
+        budget: bool,
+    ) -> Self {
+        let budget = if budget {
+            InstanceBudget::new(
+                MAX_IN_FLIGHT,
+                settings.execution.max_concurrent_reuse as usize,
+                super::async_lane::tokio_workers(),
+            )
+        } else {
+            InstanceBudget::unlimited(MAX_IN_FLIGHT)
+        };
         Self {
             handler: ProxyHandler::new(P3Instances {
                 engine: pre.engine().clone(),
                 pre: ProxyPre::P3(pre),
                 outbound: settings.grants.outbound.clone().into(),
                 settings,
+                reuse: reuse as usize,
                 watch: StallWatch::start(),
+                budget: budget.clone(),
             }),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            budget,
         }
     }
 }
@@ -79,8 +100,9 @@ impl Dispatch for P3Lane {
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
         let handler = self.handler.clone();
+        let budget = self.budget.clone();
         let timeout = handler.state().settings.limits.timeout;
-        let permit = self.in_flight.clone().try_acquire_owned();
+        let permit = self.budget.in_flight.clone().try_acquire_owned();
         Box::pin(async move {
             let Ok(_permit) = permit else {
                 return Err(InvocationError::new(
@@ -89,8 +111,24 @@ impl Dispatch for P3Lane {
                 ));
             };
             let HttpInvocation { id, request } = invocation;
-            let request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
-            match tokio::time::timeout(timeout, handler.handle(id, request)).await {
+            let mut request = request.map(|body| body.map_err(body_error_to_wasi).boxed_unsync());
+            // A call the budget made no instance for comes back untouched
+            // and is offered again once an instance may take it.
+            let served = async {
+                loop {
+                    match handler.handle(id, request).await {
+                        Err(error) => match given_back(error) {
+                            Ok(back) => {
+                                request = back;
+                                budget.wait_for_room().await;
+                            }
+                            Err(error) => break Err(error),
+                        },
+                        answered => break answered,
+                    }
+                }
+            };
+            match tokio::time::timeout(timeout, served).await {
                 Ok(Ok(response)) => Ok(host_response(response)),
                 Ok(Err(error)) => Err(classify_p3(&error)),
                 Err(_) => Err(InvocationError::new(
@@ -100,6 +138,24 @@ impl Dispatch for P3Lane {
             }
         })
     }
+}
+
+/// The request of a call that no instance was made for because the budget
+/// had no room ([`NoRoom`]); any other error as it was.
+fn given_back(
+    error: wasmtime::Error,
+) -> Result<wasmtime_wasi_http::handler::Request, wasmtime::Error> {
+    let no_room = error
+        .downcast_ref::<InstantiationError<InvocationId>>()
+        .is_some_and(|failed| failed.error.downcast_ref::<NoRoom>().is_some());
+    if !no_room {
+        return Err(error);
+    }
+    let failed = error.downcast::<InstantiationError<InvocationId>>()?;
+    Ok(failed
+        .request
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 fn classify_p3(error: &wasmtime::Error) -> InvocationError {
@@ -135,7 +191,9 @@ struct P3Instances {
     engine: wasmtime::Engine,
     settings: ExecSettings,
     outbound: Arc<[Origin]>,
+    reuse: usize,
     watch: Arc<StallWatch>,
+    budget: Arc<InstanceBudget>,
 }
 
 impl HandlerState for P3Instances {
@@ -144,6 +202,7 @@ impl HandlerState for P3Instances {
     type WorkerState = Reuse;
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<StoreState, Expiry, Reuse>> {
+        let slot = self.budget.reserve()?;
         let state = new_state(&self.settings, &self.outbound).map_err(wasmtime::Error::msg)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -173,11 +232,10 @@ impl HandlerState for P3Instances {
             },
             state: Reuse {
                 max_concurrent: execution.max_concurrent_reuse as usize,
-                max_total: execution
-                    .instance_reuse
-                    .unwrap_or(DEFAULT_P3_INSTANCE_REUSE) as usize,
+                max_total: self.reuse,
                 request_timeout: timeout,
                 clock,
+                slot,
             },
         })
     }
@@ -211,13 +269,14 @@ impl WorkerExpiration for Expiry {
     }
 }
 
-/// How many calls an instance takes, at once and in all, and whether its
-/// guest is holding its event loop.
+/// How many calls an instance takes, at once and in all, whether its
+/// guest is holding its event loop, and its place in the lane's budget.
 struct Reuse {
     max_concurrent: usize,
     max_total: usize,
     request_timeout: Duration,
     clock: Arc<GuestClock>,
+    slot: BudgetSlot,
 }
 
 impl WorkerState for Reuse {
@@ -226,10 +285,16 @@ impl WorkerState for Reuse {
 
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
         if total_count >= self.max_total {
+            self.slot.leave();
             ShouldAccept::Never
-        } else if self.clock.stalled() || concurrent_count >= self.max_concurrent {
+        } else if self.clock.stalled() {
+            // It may come back, but the calls cannot wait for that.
+            self.slot.leave();
+            ShouldAccept::No
+        } else if concurrent_count >= self.max_concurrent {
             ShouldAccept::No
         } else {
+            self.slot.may_take_calls();
             ShouldAccept::Yes
         }
     }

@@ -37,18 +37,25 @@ pub const LARGE_INSTANCE_REUSE: u32 = 1000;
 /// between, after which reuse is turned off for the component.
 pub const REUSE_STRIKES: u32 = 3;
 
+/// Whether a component's instances are expensive to make: a large initial
+/// memory to fault in (CPython's pre-initialised heap, say).
+pub fn large_instances(needs: &ComponentNeeds) -> bool {
+    needs.largest_initial_memory >= REUSE_FROM_INITIAL_MEMORY
+}
+
 /// The calls one instance serves: `--instance-reuse`, else decided from
-/// the component's initial memory.
-pub fn configured_reuse(explicit: Option<u32>, needs: &ComponentNeeds) -> u32 {
+/// the component's initial memory: [`LARGE_INSTANCE_REUSE`] when it is
+/// large, `small` (the lane's own default) otherwise.
+pub fn configured_reuse(explicit: Option<u32>, needs: &ComponentNeeds, small: u32) -> u32 {
     explicit.unwrap_or_else(|| {
-        if needs.largest_initial_memory >= REUSE_FROM_INITIAL_MEMORY {
+        if large_instances(needs) {
             tracing::info!(
                 "a fresh instance would fault in {} MiB of initial memory per call: each instance serves up to {LARGE_INSTANCE_REUSE} calls (--instance-reuse 1 for a fresh one per call)",
                 needs.largest_initial_memory >> 20
             );
             LARGE_INSTANCE_REUSE
         } else {
-            1
+            small
         }
     })
 }
