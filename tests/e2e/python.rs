@@ -425,6 +425,58 @@ fn async_def_calls_that_await_are_no_stall_on_a_saturated_host() {
     );
 }
 
+/// A burst of `async def` calls on a WASIp3 Python component makes only the
+/// instances the calls need (16 calls each, plus one per runtime thread),
+/// not one per call: 192 calls of 1.5 s each arrive at once, in two waves,
+/// and the instances alive, sampled from `/metrics` while they run, stay
+/// within 192 / 16 + spares (with room for instances that retire while
+/// they drain). Without the budget wasmtime-wasi-http's handler made a
+/// new instance for nearly every call of the burst (each a CPython heap).
+#[test]
+fn a_burst_of_async_def_calls_makes_only_the_instances_it_needs() {
+    let server = Server::start(&python_component("fanout"), &["--admin", "127.0.0.1:0"]);
+    let url = server.url("/sleep?ms=1500");
+    let calls = 192;
+    let instances = |server: &Server| -> u64 {
+        let metrics = server.admin_text("/metrics");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("fnhost_instances "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no fnhost_instances in:\n{metrics}"))
+    };
+    let mut peak = 0;
+    for _wave in 0..2 {
+        let start = Arc::new(std::sync::Barrier::new(calls + 1));
+        let clients: Vec<_> = (0..calls)
+            .map(|_| {
+                let (url, start) = (url.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let http = client();
+                    start.wait();
+                    http.get(&url).send().unwrap().status().as_u16()
+                })
+            })
+            .collect();
+        start.wait();
+        let wave = Instant::now();
+        while wave.elapsed() < Duration::from_millis(1400) {
+            peak = peak.max(instances(&server));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    // The worker's count of the second wave's instances, once reported.
+    peak = peak.max(instances(&server));
+    eprintln!("{calls} calls at once, twice: at most {peak} instances alive");
+    assert!(peak >= 1, "no instance reported");
+    assert!(
+        peak <= (calls as u64).div_ceil(16) + 10,
+        "{peak} instances for {calls} calls of 16 per instance"
+    );
+}
+
 /// A function app of componentize-py components, as a Python user would
 /// write one: a `def` app (sync lane), an `async def` app (WASIp3, async
 /// lane) and a queue function, on two workers; then one function's
