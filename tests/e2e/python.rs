@@ -114,31 +114,36 @@ fn a_def_app_keeps_its_instance_between_calls_unless_told_otherwise() {
     assert_eq!(calls(&fresh), ["1\n", "1\n", "1\n"]);
 }
 
+/// Clients that give up before their call finishes: the SDK's answer then
+/// finds the body stream closed. It ends the call there, so the same
+/// interpreter serves on (`/calls` counts on: 1, 2, 3, 4, then 5, 6, 7).
+/// Before, the error escaped, CPython aborted and every hang-up cost a
+/// fresh interpreter (about 6 ms of CPU, `/calls` back to 1); and before
+/// that, those traps on a reused instance counted against reuse, so three
+/// in a row turned reuse off for good (the host now does not count a
+/// failure that came after its client left: `exec/answer.rs`).
 #[test]
-fn clients_that_hang_up_mid_call_do_not_turn_instance_reuse_off() {
-    // Each of these clients gives up before its call finishes: the guest's
-    // answer then fails to write and CPython aborts, a trap on a reused
-    // instance. Counted against reuse, three in a row turned it off for
-    // good (every later call a fresh interpreter, a tenth of the
-    // throughput).
+fn clients_that_hang_up_mid_call_keep_their_interpreter() {
     let server = Server::start(&python_component("hello"), &["--threads", "1"]);
     server.wait_for_log("each instance serves up to 1000 calls", PYTHON_START);
     let impatient = reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap();
+    let mut counts = Vec::new();
     for _ in 0..4 {
-        let _ = client().get(server.url("/calls")).send().unwrap().text();
+        let count = client().get(server.url("/calls")).send().unwrap().text();
+        counts.push(count.unwrap().trim().parse::<u32>().unwrap());
         let gave_up = impatient.get(server.url("/spin?ms=300")).send();
         assert!(gave_up.is_err(), "the client was meant to give up");
         // The one thread finishes the spin before the next call.
         std::thread::sleep(Duration::from_millis(400));
     }
     let calls = three_calls(&server);
-    let counts: Vec<u32> = calls.iter().map(|c| c.trim().parse().unwrap()).collect();
+    counts.extend(calls.iter().map(|c| c.trim().parse::<u32>().unwrap()));
     assert!(
-        counts[1] == counts[0] + 1 && counts[2] == counts[1] + 1,
-        "one instance serves the calls again: {calls:?}"
+        counts.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "one interpreter serves every call, hang-ups included: {counts:?}"
     );
     let turned_off: Vec<_> = server
         .log()
