@@ -25,6 +25,7 @@ pub mod memory_budget;
 mod outbound;
 #[cfg(feature = "wasip3")]
 mod p3_budget;
+#[cfg(feature = "wasip3")]
 mod p3_lane;
 pub mod profile;
 mod queue_lane;
