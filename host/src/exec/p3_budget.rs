@@ -11,13 +11,18 @@
 //! call now and then.
 //!
 //! So a lane holds an instance budget: the instances still taking calls
-//! stay within what its calls in flight fill (`--max-concurrent-reuse` per
-//! instance) plus one per runtime thread (the instances that may be running
-//! guest code, and so not taking calls, at any moment). An instance beyond
-//! it is not made: its call goes back to the lane, which waits until an
-//! instance can take it ([`InstanceBudget::wait_for_room`]) and offers it
-//! again. An instance leaves the budget when it stops taking calls for good
-//! (its reuse count is spent, its guest holds its event loop) or is dropped.
+//! stay within what its calls fill (`--max-concurrent-reuse` per instance;
+//! the calls are those in flight, or those the instances hold if more:
+//! a call whose client left runs on) plus one per runtime thread (about
+//! the instances busy running guest code, and so not taking calls, at any
+//! moment; on a saturated host more wait at a yield, and their calls wait
+//! with them). An instance beyond it is not made: its call goes back to the
+//! lane, which waits until an instance may take it
+//! ([`InstanceBudget::wait_for_room`]) and offers it again. An instance
+//! leaves the budget when it stops taking calls for good (its reuse count
+//! is spent, a call ran past its timeout), when its guest is found holding
+//! its event loop (a stall; should it recover, it serves on outside the
+//! budget), or when it is dropped.
 //!
 //! Only where instances are expensive: a component whose initial memory is
 //! large (CPython's 12-14 MiB image, the line of `exec/reuse.rs`). A small
@@ -31,10 +36,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-/// Longest wait for an instance before a call is offered again anyway: a
-/// guard against a missed wake-up, not the usual path (an instance that
-/// may take a call, or leaves the budget, wakes a waiting call).
+/// Longest first wait for an instance before a call is offered again
+/// anyway: a guard against a missed wake-up, not the usual path (an
+/// instance that may take a call, or leaves the budget, wakes a waiting
+/// call). It doubles with each offer of the same call, up to
+/// [`RECHECK_AT_MOST`], so a long backlog does not re-offer itself
+/// thousands of times a second.
 const RECHECK_AFTER: Duration = Duration::from_millis(20);
+const RECHECK_AT_MOST: Duration = Duration::from_millis(320);
 
 /// The instances a WASIp3 lane keeps taking calls, and its calls in flight.
 pub struct InstanceBudget {
@@ -45,6 +54,7 @@ pub struct InstanceBudget {
     /// Instances beyond what the calls fill; `None`: no limit.
     spare: Option<usize>,
     taking: AtomicUsize,
+    held: AtomicUsize,
     waiting: AtomicUsize,
     room: Notify,
 }
@@ -82,6 +92,7 @@ impl InstanceBudget {
             per_instance: per_instance.max(1),
             spare,
             taking: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             room: Notify::new(),
         })
@@ -92,31 +103,42 @@ impl InstanceBudget {
         let Some(spare) = self.spare else {
             return usize::MAX;
         };
-        let calls = self.max_in_flight - self.in_flight.available_permits();
+        let in_flight = self.max_in_flight - self.in_flight.available_permits();
+        let calls = in_flight.max(self.held.load(Ordering::Acquire));
         calls.div_ceil(self.per_instance) + spare
     }
 
     /// A place for one more instance taking calls, if the calls in flight
     /// need it.
-    pub fn reserve(self: &Arc<Self>) -> Result<BudgetSlot, NoRoom> {
+    pub fn reserve(self: &Arc<Self>) -> Result<Arc<BudgetSlot>, NoRoom> {
         let wanted = self.wanted();
         self.taking
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taking| {
                 (taking < wanted).then_some(taking + 1)
             })
             .map_err(|_| NoRoom)?;
-        Ok(BudgetSlot {
+        Ok(Arc::new(BudgetSlot {
             budget: self.clone(),
             left: AtomicBool::new(false),
-        })
+        }))
     }
 
-    /// Waits until an instance may take a call or one more may be made
-    /// (at most [`RECHECK_AFTER`]).
-    pub async fn wait_for_room(&self) {
+    /// A call an instance holds, until the guard is dropped.
+    pub fn hold_call(self: &Arc<Self>) -> HeldCall {
+        self.held.fetch_add(1, Ordering::AcqRel);
+        HeldCall(self.clone())
+    }
+
+    /// Waits until an instance may take a call or one more may be made,
+    /// at most [`RECHECK_AFTER`] doubled `offers` times (up to
+    /// [`RECHECK_AT_MOST`]).
+    pub async fn wait_for_room(&self, offers: u32) {
         let notified = self.room.notified();
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _ = tokio::time::timeout(RECHECK_AFTER, notified).await;
+        let wait = RECHECK_AFTER
+            .saturating_mul(1 << offers.min(4))
+            .min(RECHECK_AT_MOST);
+        let _ = tokio::time::timeout(wait, notified).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -133,6 +155,15 @@ impl InstanceBudget {
     #[cfg(test)]
     fn taking(&self) -> usize {
         self.taking.load(Ordering::Acquire)
+    }
+}
+
+/// A call an instance holds (see [`InstanceBudget::hold_call`]).
+pub struct HeldCall(Arc<InstanceBudget>);
+
+impl Drop for HeldCall {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -188,6 +219,19 @@ mod tests {
     }
 
     #[test]
+    fn calls_held_by_instances_count_when_more_than_those_in_flight() {
+        // Calls whose clients left run on, without a dispatch permit.
+        let budget = InstanceBudget::new(100, 16, 0);
+        assert!(budget.reserve().is_err());
+        let held: Vec<_> = (0..20).map(|_| budget.hold_call()).collect();
+        let two: Vec<_> = (0..2).map(|_| budget.reserve().unwrap()).collect();
+        assert!(budget.reserve().is_err());
+        drop(held);
+        drop(two);
+        assert!(budget.reserve().is_err());
+    }
+
+    #[test]
     fn an_unlimited_budget_makes_every_instance_asked_for() {
         let budget = InstanceBudget::unlimited(10);
         let slots: Vec<_> = (0..50).map(|_| budget.reserve().unwrap()).collect();
@@ -218,7 +262,7 @@ mod tests {
             let budget = budget.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                budget.wait_for_room().await;
+                budget.wait_for_room(0).await;
                 started.elapsed()
             })
         };

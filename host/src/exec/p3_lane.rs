@@ -115,12 +115,14 @@ impl Dispatch for P3Lane {
             // A call the budget made no instance for comes back untouched
             // and is offered again once an instance may take it.
             let served = async {
+                let mut offers = 0;
                 loop {
                     match handler.handle(id, request).await {
                         Err(error) => match given_back(error) {
                             Ok(back) => {
                                 request = back;
-                                budget.wait_for_room().await;
+                                budget.wait_for_room(offers).await;
+                                offers += 1;
                             }
                             Err(error) => break Err(error),
                         },
@@ -209,7 +211,8 @@ impl HandlerState for P3Instances {
         let execution = &self.settings.execution;
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
         store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
-        let clock = GuestClock::new(self.settings.function.clone());
+        let stalled = slot.clone();
+        let clock = GuestClock::new(self.settings.function.clone(), move || stalled.leave());
         self.watch.register(&clock);
         let ticking = clock.clone();
         super::async_lane::yield_on_epochs(&mut store, move || ticking.epoch_tick());
@@ -236,6 +239,7 @@ impl HandlerState for P3Instances {
                 request_timeout: timeout,
                 clock,
                 slot,
+                budget: self.budget.clone(),
             },
         })
     }
@@ -276,7 +280,8 @@ struct Reuse {
     max_total: usize,
     request_timeout: Duration,
     clock: Arc<GuestClock>,
-    slot: BudgetSlot,
+    slot: Arc<BudgetSlot>,
+    budget: Arc<InstanceBudget>,
 }
 
 impl WorkerState for Reuse {
@@ -288,8 +293,7 @@ impl WorkerState for Reuse {
             self.slot.leave();
             ShouldAccept::Never
         } else if self.clock.stalled() {
-            // It may come back, but the calls cannot wait for that.
-            self.slot.leave();
+            // Its watchdog has let it go from the budget already.
             ShouldAccept::No
         } else if concurrent_count >= self.max_concurrent {
             ShouldAccept::No
@@ -308,11 +312,14 @@ impl WorkerState for Reuse {
         // Calls running at once share the store: the output budget starts
         // again only when this call is the instance's only one.
         store.data_mut().begin_shared(id, self.clock.idle());
-        let call = self.clock.call_started(id);
-        let timeout = self.request_timeout;
+        let call = (self.clock.call_started(id), self.budget.hold_call());
+        let (timeout, slot) = (self.request_timeout, self.slot.clone());
         Box::pin(async move {
             let _call = call;
             tokio::time::sleep(timeout).await;
+            // The call ran past its timeout: the handler takes no more
+            // calls on this instance, nor asks it again.
+            slot.leave();
         })
     }
 

@@ -47,8 +47,11 @@ pub const STALL_AFTER: Duration = Duration::from_millis(100);
 
 /// [`STALL_AFTER`] in epoch ticks the guest ran through. A run also takes
 /// a tick when it starts after a pause of a tick or more (the instance's
-/// deadline passed meanwhile), and one when it resumes from a yield its
-/// thread waited out past the next tick, so an ordinary call counts 1-3.
+/// deadline passed meanwhile), so an ordinary call counts 1-2. A yield
+/// sets the next deadline when the guest resumes, so the wait at a yield
+/// counts nothing, but the guest then runs only to the next tick, 0-10 ms:
+/// a spin parked at every yield on a saturated host is caught after about
+/// 50 ms of its own running, on an idle host after 100.
 pub const STALL_TICKS: u32 = (STALL_AFTER.as_millis() / EPOCH_TICK.as_millis()) as u32;
 
 /// How often a lane's watchdog looks at its instances' clocks.
@@ -76,11 +79,14 @@ pub struct GuestClock {
     reported_since: AtomicU64,
     calls: Mutex<Vec<InvocationId>>,
     function: Arc<str>,
+    /// Runs at each stall noticed (the lane's budget lets the instance go).
+    on_stall: Box<dyn Fn() + Send + Sync>,
 }
 
 impl GuestClock {
-    /// A clock for an instance of `function`.
-    pub fn new(function: Arc<str>) -> Arc<Self> {
+    /// A clock for an instance of `function`; `on_stall` runs at each stall
+    /// noticed, from the watchdog (the guest still holds its store then).
+    pub fn new(function: Arc<str>, on_stall: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),
             since: AtomicU64::new(0),
@@ -89,6 +95,7 @@ impl GuestClock {
             reported_since: AtomicU64::new(0),
             calls: Mutex::new(Vec::new()),
             function,
+            on_stall: Box::new(on_stall),
         })
     }
 
@@ -137,6 +144,7 @@ impl GuestClock {
         }
         if self.reported_since.swap(since, Ordering::Relaxed) != since {
             STALLS.fetch_add(1, Ordering::Relaxed);
+            (self.on_stall)();
             let ids: Vec<String> = calls.iter().map(|id| format!("[{id}]")).collect();
             tracing::warn!(
                 "{} an async call of {} has run through {ticks} epoch ticks ({} ms) without handing control back to its instance (an `async` function that never awaits?); the {} call{} on that instance wait for it, new calls go to other instances",
@@ -238,7 +246,7 @@ mod tests {
 
     #[test]
     fn nested_calls_keep_the_clock_and_the_outermost_return_stops_it() {
-        let clock = GuestClock::new("f".into());
+        let clock = GuestClock::new("f".into(), || {});
         assert_eq!(clock.since.load(Ordering::Relaxed), 0);
         clock.transition(CallHook::CallingWasm);
         clock.transition(CallHook::CallingHost);
@@ -264,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_long_run_is_a_stall_reported_once_and_the_list_follows_the_calls() {
-        let clock = GuestClock::new("f".into());
+        let clock = GuestClock::new("f".into(), || {});
         // Instantiation (no calls yet) is never a stall.
         clock.transition(CallHook::CallingWasm);
         run_through(&clock, STALL_TICKS + 1);
@@ -297,7 +305,7 @@ mod tests {
     fn a_run_parked_past_the_line_but_crossing_few_ticks_is_no_stall() {
         // A well-behaved call on a saturated host: it waits behind other
         // tasks at its yields far longer than it runs.
-        let clock = GuestClock::new("f".into());
+        let clock = GuestClock::new("f".into(), || {});
         let _guard = clock.call_started(InvocationId::from_u64(8));
         clock.transition(CallHook::CallingWasm);
         run_through(&clock, 2);
