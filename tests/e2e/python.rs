@@ -467,6 +467,58 @@ fn calls_that_never_await_give_their_instances_places_back() {
     );
 }
 
+/// `fnhost top` tells an `async def` that awaits from one that computes.
+/// A WASIp3 instance's calls share one guest event loop, so the lane
+/// counts its guest's running time (less its waits at epoch yields) and
+/// its calls; before, WASIp3 functions showed 0 calls and "unknown".
+#[test]
+fn top_classifies_async_def_functions() {
+    let dir = temp_dir("python-top");
+    let manifest = dir.join("fnhost.toml");
+    let fanout = format!("{:?}", python_component("fanout").display().to_string());
+    std::fs::write(
+        &manifest,
+        format!(
+            "manifest_version = 1\n\n[[function]]\nname = \"waits\"\ncomponent = {fanout}\nroute = \"/sleep\"\n\n\
+             [[function]]\nname = \"spins\"\ncomponent = {fanout}\nroute = \"/spin\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&manifest, &["--admin", "127.0.0.1:0"]);
+    let admin = server.admin_url("");
+    let admin = admin.trim_start_matches("http://").to_string();
+    let http = client();
+    for _ in 0..8 {
+        for path in ["/sleep?ms=40", "/spin?ms=20"] {
+            let response = http.get(server.url(path)).send().unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    }
+    // The workers report once a second.
+    let mut table = String::new();
+    wait_until(Duration::from_secs(10), "all calls profiled", || {
+        let (code, out, _) = run_fnhost(&["top", "--admin", &admin, "--once"]);
+        table = out;
+        code == 0
+            && table
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some("8"))
+                .count()
+                == 2
+    });
+    let class = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
+            .to_string()
+    };
+    eprintln!("{table}");
+    assert_eq!(class("waits"), "io-bound", "{table}");
+    assert_eq!(class("spins"), "cpu-bound", "{table}");
+}
+
 /// A burst of `async def` calls on a WASIp3 Python component makes only the
 /// instances the calls need (16 calls each, plus one per runtime thread),
 /// not one per call: 192 calls of 1.5 s each arrive at once, in two waves,

@@ -381,7 +381,7 @@ pub(super) fn new_async_store(
     store
         .fuel_async_yield_interval(Some(execution.yield_fuel))
         .map_err(fuel_error)?;
-    yield_on_epochs(&mut store, || {});
+    yield_on_epochs(&mut store, ());
     Ok(store)
 }
 
@@ -392,21 +392,36 @@ pub(super) fn new_async_store(
 /// again before anyone else: wasmtime #10667). WASIp3 calls run inside
 /// wasmtime-wasi-http's own tasks, which [`Fair`](super::fair::Fair)
 /// cannot wrap, so this is their fairness. Elsewhere it never fires.
-/// `on_tick` runs at each tick the guest was running through, before it
-/// yields.
-pub(super) fn yield_on_epochs(
+/// `observer` hears of each tick and of how long the guest then waited.
+pub(super) fn yield_on_epochs<O: YieldObserver + Clone>(
     store: &mut Store<StoreState>,
-    on_tick: impl Fn() + Send + Sync + 'static,
+    observer: O,
 ) {
     store.epoch_deadline_callback(move |_| {
-        on_tick();
+        observer.ticked();
+        let observer = observer.clone();
         Ok(wasmtime::UpdateDeadline::YieldCustom(
             1,
-            Box::pin(tokio::task::yield_now()),
+            Box::pin(async move {
+                let parked = std::time::Instant::now();
+                tokio::task::yield_now().await;
+                observer.resumed(parked.elapsed());
+            }),
         ))
     });
     store.set_epoch_deadline(1);
 }
+
+/// What a store's epoch yields tell whoever watches its guest.
+pub(super) trait YieldObserver: Send + Sync + 'static {
+    /// The guest was running at an epoch tick, and yields now.
+    fn ticked(&self) {}
+    /// It waited `parked` at that yield before it ran again.
+    fn resumed(&self, _parked: std::time::Duration) {}
+}
+
+/// Nobody watches.
+impl YieldObserver for () {}
 
 /// Worker threads of the current tokio runtime.
 pub(super) fn tokio_workers() -> usize {

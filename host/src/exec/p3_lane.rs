@@ -212,10 +212,13 @@ impl HandlerState for P3Instances {
         store.set_fuel(execution.max_fuel.unwrap_or(u64::MAX))?;
         store.fuel_async_yield_interval(Some(execution.yield_fuel))?;
         let stalled = slot.clone();
-        let clock = GuestClock::new(self.settings.function.clone(), move || stalled.leave());
+        let clock = GuestClock::new(
+            self.settings.function.clone(),
+            self.settings.profile.clone(),
+            move || stalled.leave(),
+        );
         self.watch.register(&clock);
-        let ticking = clock.clone();
-        super::async_lane::yield_on_epochs(&mut store, move || ticking.epoch_tick());
+        super::async_lane::yield_on_epochs(&mut store, clock.clone());
         let hook = clock.clone();
         store.call_hook(move |_, transition| {
             hook.transition(transition);

@@ -4,8 +4,10 @@
 //! report (and summed across workers by the supervisor).
 //!
 //! CPU is the thread's own clock around a sync-lane call (a call blocked
-//! in a host wait uses none), and the time spent inside the polls of an
-//! async-lane call (a waiting call is not polled): what the seed's advice
+//! in a host wait uses none), the time spent inside the polls of an
+//! async-lane call (a waiting call is not polled), and for a WASIp3
+//! instance, whose calls share one guest event loop, the time its guest
+//! code runs, less its waits at epoch yields: what the seed's advice
 //! needs, I/O-bound or CPU-bound, for about two clock reads per call.
 //! A sync-lane thread that was ready to run but had no core is neither
 //! working nor waiting on I/O; the kernel counts that time per thread
@@ -63,6 +65,13 @@ impl Profile {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.cpu_ns.fetch_add(nanos(cpu), Ordering::Relaxed);
         self.queued_ns.fetch_add(nanos(queued), Ordering::Relaxed);
+    }
+
+    /// Adds CPU that no single call owns: a WASIp3 instance's guest runs
+    /// serve all the calls on it at once (`exec/stall.rs`), which are
+    /// counted with [`Profile::record`] and no CPU.
+    pub fn add_cpu(&self, cpu: Duration) {
+        self.cpu_ns.fetch_add(nanos(cpu), Ordering::Relaxed);
     }
 
     /// Counts the calling thread as one of the function's sync-lane threads.

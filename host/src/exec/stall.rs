@@ -32,9 +32,11 @@
 //! 2 cores saturated) logged about 1,400 false stalls in 10 s and had its
 //! instances refuse calls it could take.
 
+use super::async_lane::YieldObserver;
+use super::profile::Profile;
 use crate::engine::EPOCH_TICK;
 use crate::invocation::InvocationId;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::CallHook;
@@ -73,6 +75,11 @@ pub struct GuestClock {
     since: AtomicU64,
     /// Epoch ticks the guest has run through since then.
     ticks: AtomicU32,
+    /// Nanoseconds of that run spent waiting at epoch yields.
+    parked: AtomicU64,
+    /// Whether the run serves calls (not the instantiation), so its time
+    /// goes to the function's profile.
+    serving: AtomicBool,
     depth: AtomicU32,
     /// The `since` of the last stall reported, so each stall is reported
     /// once and a new one is never mistaken for it.
@@ -81,21 +88,31 @@ pub struct GuestClock {
     function: Arc<str>,
     /// Runs at each stall noticed (the lane's budget lets the instance go).
     on_stall: Box<dyn Fn() + Send + Sync>,
+    /// The function's costs: its guest's running time and its calls.
+    profile: Arc<Profile>,
 }
 
 impl GuestClock {
-    /// A clock for an instance of `function`; `on_stall` runs at each stall
-    /// noticed, from the watchdog (the guest still holds its store then).
-    pub fn new(function: Arc<str>, on_stall: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+    /// A clock for an instance of `function`, whose guest's running time
+    /// and calls go to `profile`; `on_stall` runs at each stall noticed,
+    /// from the watchdog (the guest still holds its store then).
+    pub fn new(
+        function: Arc<str>,
+        profile: Arc<Profile>,
+        on_stall: impl Fn() + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),
             since: AtomicU64::new(0),
             ticks: AtomicU32::new(0),
+            parked: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
             depth: AtomicU32::new(0),
             reported_since: AtomicU64::new(0),
             calls: Mutex::new(Vec::new()),
             function,
             on_stall: Box::new(on_stall),
+            profile,
         })
     }
 
@@ -106,21 +123,24 @@ impl GuestClock {
                 if self.depth.fetch_add(1, Ordering::Relaxed) == 0 {
                     let now = self.base.elapsed().as_nanos() as u64 + 1;
                     self.ticks.store(0, Ordering::Relaxed);
+                    self.parked.store(0, Ordering::Relaxed);
+                    self.serving.store(!self.idle(), Ordering::Relaxed);
                     self.since.store(now, Ordering::Relaxed);
                 }
             }
             CallHook::ReturningFromWasm => {
                 if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
-                    self.since.store(0, Ordering::Relaxed);
+                    let since = self.since.swap(0, Ordering::Relaxed);
+                    if self.serving.load(Ordering::Relaxed) {
+                        let now = self.base.elapsed().as_nanos() as u64 + 1;
+                        let parked = self.parked.load(Ordering::Relaxed);
+                        let ran = now.saturating_sub(since).saturating_sub(parked);
+                        self.profile.add_cpu(Duration::from_nanos(ran));
+                    }
                 }
             }
             CallHook::CallingHost | CallHook::ReturningFromHost => {}
         }
-    }
-
-    /// The engine's epoch callback: the guest was running at a tick.
-    pub fn epoch_tick(&self) {
-        self.ticks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the instance is stalled: guest code has run through
@@ -225,7 +245,21 @@ impl StallWatch {
     }
 }
 
-/// Removes a call from its instance's list when the call is over.
+/// The engine's epoch yields: ticks count towards a stall, and the time
+/// parked at a yield is not the guest's running.
+impl YieldObserver for Arc<GuestClock> {
+    fn ticked(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn resumed(&self, parked: Duration) {
+        self.parked
+            .fetch_add(parked.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Removes a call from its instance's list when the call is over, and
+/// counts it (its CPU is counted per run of the instance's guest).
 pub struct CallGuard {
     clock: Arc<GuestClock>,
     id: InvocationId,
@@ -237,6 +271,7 @@ impl Drop for CallGuard {
         if let Some(at) = calls.iter().position(|id| *id == self.id) {
             calls.swap_remove(at);
         }
+        self.clock.profile.record(Duration::ZERO, Duration::ZERO);
     }
 }
 
@@ -246,7 +281,7 @@ mod tests {
 
     #[test]
     fn nested_calls_keep_the_clock_and_the_outermost_return_stops_it() {
-        let clock = GuestClock::new("f".into(), || {});
+        let clock = GuestClock::new("f".into(), Arc::default(), || {});
         assert_eq!(clock.since.load(Ordering::Relaxed), 0);
         clock.transition(CallHook::CallingWasm);
         clock.transition(CallHook::CallingHost);
@@ -264,15 +299,15 @@ mod tests {
     }
 
     /// The guest running through `ticks` epoch ticks.
-    fn run_through(clock: &GuestClock, ticks: u32) {
+    fn run_through(clock: &Arc<GuestClock>, ticks: u32) {
         for _ in 0..ticks {
-            clock.epoch_tick();
+            clock.ticked();
         }
     }
 
     #[test]
     fn a_long_run_is_a_stall_reported_once_and_the_list_follows_the_calls() {
-        let clock = GuestClock::new("f".into(), || {});
+        let clock = GuestClock::new("f".into(), Arc::default(), || {});
         // Instantiation (no calls yet) is never a stall.
         clock.transition(CallHook::CallingWasm);
         run_through(&clock, STALL_TICKS + 1);
@@ -305,12 +340,38 @@ mod tests {
     fn a_run_parked_past_the_line_but_crossing_few_ticks_is_no_stall() {
         // A well-behaved call on a saturated host: it waits behind other
         // tasks at its yields far longer than it runs.
-        let clock = GuestClock::new("f".into(), || {});
+        let clock = GuestClock::new("f".into(), Arc::default(), || {});
         let _guard = clock.call_started(InvocationId::from_u64(8));
         clock.transition(CallHook::CallingWasm);
         run_through(&clock, 2);
         std::thread::sleep(STALL_AFTER + Duration::from_millis(5));
         assert!(!clock.stalled());
+    }
+
+    #[test]
+    fn a_serving_run_counts_its_time_less_its_yields_and_each_call_once() {
+        let profile = Arc::new(Profile::default());
+        let clock = GuestClock::new("f".into(), profile.clone(), || {});
+        // Instantiation (no calls) costs the function nothing.
+        clock.transition(CallHook::CallingWasm);
+        std::thread::sleep(Duration::from_millis(5));
+        clock.transition(CallHook::ReturningFromWasm);
+        assert_eq!(profile.snapshot().cpu_ns, 0);
+        let guard = clock.call_started(InvocationId::from_u64(9));
+        let started = std::time::Instant::now();
+        clock.transition(CallHook::CallingWasm);
+        std::thread::sleep(Duration::from_millis(20));
+        clock.resumed(Duration::from_millis(15));
+        clock.transition(CallHook::ReturningFromWasm);
+        let elapsed = started.elapsed();
+        let cpu = Duration::from_nanos(profile.snapshot().cpu_ns);
+        assert!(
+            cpu >= Duration::from_millis(5) && cpu + Duration::from_millis(15) <= elapsed,
+            "a run of {elapsed:?}, 15 ms of it parked, counted {cpu:?}"
+        );
+        assert_eq!(profile.snapshot().calls, 0);
+        drop(guard);
+        assert_eq!(profile.snapshot().calls, 1);
     }
 
     #[test]
