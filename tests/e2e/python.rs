@@ -4,7 +4,7 @@
 
 use crate::support::{
     Server, client, invocation_id, light_requests, python_component, quantile, run_fnhost,
-    slow_upstream, temp_dir, wait_until,
+    slow_upstream, temp_dir, top_class, top_table_when, wait_until,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -494,29 +494,10 @@ fn top_classifies_async_def_functions() {
             assert_eq!(response.status(), 200, "{path}");
         }
     }
-    // The workers report once a second.
-    let mut table = String::new();
-    wait_until(Duration::from_secs(10), "all calls profiled", || {
-        let (code, out, _) = run_fnhost(&["top", "--admin", &admin, "--once"]);
-        table = out;
-        code == 0
-            && table
-                .lines()
-                .filter(|l| l.split_whitespace().nth(2) == Some("8"))
-                .count()
-                == 2
-    });
-    let class = |name: &str| {
-        table
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
-            .to_string()
-    };
+    let table = top_table_when(&admin, 8, 2);
     eprintln!("{table}");
-    assert_eq!(class("waits"), "io-bound", "{table}");
-    assert_eq!(class("spins"), "cpu-bound", "{table}");
+    assert_eq!(top_class(&table, "waits"), "io-bound", "{table}");
+    assert_eq!(top_class(&table, "spins"), "cpu-bound", "{table}");
 }
 
 /// A burst of `async def` calls on a WASIp3 Python component makes only the

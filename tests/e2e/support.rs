@@ -587,3 +587,31 @@ pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool
     }
     start.elapsed()
 }
+
+/// `fnhost top --once` against `admin`, once `rows` of its functions show
+/// `calls` calls each (the workers report once a second).
+pub fn top_table_when(admin: &str, calls: u64, rows: usize) -> String {
+    let mut table = String::new();
+    let calls = calls.to_string();
+    wait_until(Duration::from_secs(10), "all calls profiled", || {
+        let (code, out, _) = run_fnhost(&["top", "--admin", admin, "--once"]);
+        table = out;
+        code == 0
+            && table
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some(calls.as_str()))
+                .count()
+                == rows
+    });
+    table
+}
+
+/// The class `fnhost top`'s `table` gives the function `name`.
+pub fn top_class(table: &str, name: &str) -> String {
+    table
+        .lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
+        .to_string()
+}

@@ -1,7 +1,7 @@
 //! `fnhost top` against a running host: an I/O-bound, a CPU-bound and a
 //! mixed function of one app, each classified from what its calls cost.
 
-use crate::support::{Server, client, example, run_fnhost, temp_dir};
+use crate::support::{Server, client, example, run_fnhost, temp_dir, top_class, top_table_when};
 
 #[test]
 fn top_classifies_io_bound_cpu_bound_and_mixed_functions() {
@@ -41,30 +41,8 @@ fn top_classifies_io_bound_cpu_bound_and_mixed_functions() {
             assert_eq!(response.status(), 200, "{path}");
         }
     }
-    // The workers report once a second.
-    let mut table = String::new();
-    crate::support::wait_until(
-        std::time::Duration::from_secs(10),
-        "all calls profiled",
-        || {
-            let (code, out, _) = run_fnhost(&["top", "--admin", &admin, "--once"]);
-            table = out;
-            code == 0
-                && table
-                    .lines()
-                    .filter(|l| l.split_whitespace().nth(2) == Some("8"))
-                    .count()
-                    == 3
-        },
-    );
-    let class = |name: &str| {
-        table
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
-            .to_string()
-    };
+    let table = top_table_when(&admin, 8, 3);
+    let class = |name: &str| top_class(&table, name);
     assert_eq!(class("waits"), "io-bound", "{table}");
     assert_eq!(class("computes"), "cpu-bound", "{table}");
     assert_eq!(class("both"), "mixed", "{table}");
