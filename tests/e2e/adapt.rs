@@ -157,11 +157,7 @@ fn auto_threads_keep_within_the_memory_budget() {
     crate::support::wait_until(Duration::from_secs(5), "one thread left", || {
         function_view(&server)["profile"]["sync_threads"].as_u64() == Some(1)
     });
-    let grew: Vec<_> = server
-        .log()
-        .into_iter()
-        .filter(|line| line.contains("calls waiting for a thread"))
-        .collect();
+    let grew = server.log_lines_with("calls waiting for a thread");
     assert!(grew.is_empty(), "grew past the budget: {grew:?}");
 }
 

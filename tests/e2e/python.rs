@@ -145,11 +145,7 @@ fn clients_that_hang_up_mid_call_keep_their_interpreter() {
         counts.windows(2).all(|pair| pair[1] == pair[0] + 1),
         "one interpreter serves every call, hang-ups included: {counts:?}"
     );
-    let turned_off: Vec<_> = server
-        .log()
-        .into_iter()
-        .filter(|line| line.contains("fail when reused"))
-        .collect();
+    let turned_off = server.log_lines_with("fail when reused");
     assert!(turned_off.is_empty(), "{turned_off:?}");
 }
 
@@ -418,11 +414,7 @@ fn async_def_calls_that_await_are_no_stall_on_a_saturated_host() {
         .lines()
         .find_map(|line| line.strip_prefix("fnhost_async_stalls_total "))
         .unwrap_or_else(|| panic!("no fnhost_async_stalls_total in:\n{metrics}"));
-    let warnings: Vec<String> = server
-        .log()
-        .into_iter()
-        .filter(|line| line.contains("without handing control back"))
-        .collect();
+    let warnings = server.log_lines_with("without handing control back");
     assert_eq!(
         (stalls.trim(), warnings.len()),
         ("0", 0),

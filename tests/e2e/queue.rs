@@ -182,10 +182,8 @@ fn a_failing_message_is_poisoned_after_exactly_five_attempts_while_the_rest_flow
     let counts = handled(&server);
     assert_eq!(counts.len(), 30, "every good message handled");
     let attempts = server
-        .log()
-        .iter()
-        .filter(|l| l.contains(&format!("message {bad_id} failed delivery")))
-        .count();
+        .log_lines_with(&format!("message {bad_id} failed delivery"))
+        .len();
     assert_eq!(attempts, 5, "log:\n{}", server.log().join("\n"));
     let (code, poison, _) = run_fnhost(&["queue", "peek", "--data-dir", data_dir, "work-poison"]);
     assert_eq!(code, 0);

@@ -337,6 +337,14 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log lines so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|line| line.contains(needle))
+            .collect()
+    }
+
     /// Waits until some log line contains `needle`, or panics after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

@@ -124,7 +124,7 @@ impl InstanceBudget {
     }
 
     /// A call an instance holds, until the guard is dropped.
-    pub fn hold_call(self: &Arc<Self>) -> HeldCall {
+    fn hold_call(self: &Arc<Self>) -> HeldCall {
         self.held.fetch_add(1, Ordering::AcqRel);
         HeldCall(self.clone())
     }
@@ -181,6 +181,12 @@ impl BudgetSlot {
             self.budget.taking.fetch_sub(1, Ordering::AcqRel);
             self.budget.wake();
         }
+    }
+
+    /// A call this instance holds, counted in its budget until the guard
+    /// is dropped.
+    pub fn hold_call(&self) -> HeldCall {
+        self.budget.hold_call()
     }
 
     /// The instance may take a call: wakes the calls waiting for one.

@@ -6,8 +6,8 @@
 //! and serves up to `--instance-reuse` calls (default 128, or 1000 for a
 //! component with a large initial memory, `exec/reuse.rs`) before it is
 //! replaced; the lane makes only the instances its calls in flight need
-//! (`exec/p3_budget.rs`); an instance that trapped is dropped with every call it was
-//! running. wasmtime-wasi-http's `ProxyHandler` schedules requests onto
+//! (`exec/p3_budget.rs`); an instance that trapped is dropped with every
+//! call it was running. wasmtime-wasi-http's `ProxyHandler` schedules requests onto
 //! instances; this module supplies the policy (how many calls, how long)
 //! and the store.
 //!
@@ -242,7 +242,6 @@ impl HandlerState for P3Instances {
                 request_timeout: timeout,
                 clock,
                 slot,
-                budget: self.budget.clone(),
             },
         })
     }
@@ -284,7 +283,6 @@ struct Reuse {
     request_timeout: Duration,
     clock: Arc<GuestClock>,
     slot: Arc<BudgetSlot>,
-    budget: Arc<InstanceBudget>,
 }
 
 impl WorkerState for Reuse {
@@ -295,10 +293,8 @@ impl WorkerState for Reuse {
         if total_count >= self.max_total {
             self.slot.leave();
             ShouldAccept::Never
-        } else if self.clock.stalled() {
-            // Its watchdog has let it go from the budget already.
-            ShouldAccept::No
-        } else if concurrent_count >= self.max_concurrent {
+        } else if self.clock.stalled() || concurrent_count >= self.max_concurrent {
+            // (A stalled instance's watchdog has let it go from the budget.)
             ShouldAccept::No
         } else {
             self.slot.may_take_calls();
@@ -315,7 +311,7 @@ impl WorkerState for Reuse {
         // Calls running at once share the store: the output budget starts
         // again only when this call is the instance's only one.
         store.data_mut().begin_shared(id, self.clock.idle());
-        let call = (self.clock.call_started(id), self.budget.hold_call());
+        let call = (self.clock.call_started(id), self.slot.hold_call());
         let (timeout, slot) = (self.request_timeout, self.slot.clone());
         Box::pin(async move {
             let _call = call;
