@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 /// Largest frame on the wire, in bytes: room for a queue message of
 /// [`crate::queue::MAX_MESSAGE_BYTES`] or a response head with 256 KiB of
 /// headers, with plenty to spare. A message that does not fit cannot be
@@ -114,6 +114,22 @@ pub enum ToWorker {
         /// Bytes taken.
         bytes: u32,
     },
+    /// The connections handed to this worker serve app version
+    /// `generation` from their next request on (it is loaded).
+    ServeVersion {
+        /// The version.
+        generation: u64,
+    },
+    /// Finish the request in progress on every handed connection, then
+    /// give each connection back ([`ToSupervisor::Served`]'s `released`)
+    /// instead of reading more from it.
+    ReleaseConnections,
+    /// Send what is counted and not yet reported, then
+    /// [`ToSupervisor::Flushed`] with this token.
+    Flush {
+        /// Echoed back.
+        token: u64,
+    },
 }
 
 /// Everything a worker needs to start.
@@ -157,6 +173,11 @@ pub struct FunctionInit {
     /// Whether a queue trigger feeds it (the component must export the
     /// queue handler).
     pub queue_bound: bool,
+    /// Its HTTP route, for the worker's router on handed connections.
+    pub route: Option<crate::app::Route>,
+    /// Its `max_concurrent` cap, held by the worker's router (handed
+    /// connections are used only where that cap is the host's: one worker).
+    pub max_concurrent: Option<usize>,
 }
 
 /// The head of an HTTP invocation.
@@ -260,6 +281,58 @@ pub enum ToSupervisor {
         /// `None` on success, else the failure class and its detail.
         failure: Option<(FailureKind, String)>,
     },
+    /// What the handed connections did since the last report (sent every
+    /// few milliseconds while there is something to say).
+    Served {
+        /// Invocations that finished.
+        completions: Vec<Completion>,
+        /// Connections that ended (the worker shut them down): their
+        /// table entries are free.
+        closed: Vec<u32>,
+        /// Connections given back at a request boundary: the supervisor
+        /// hands them on (or closes them when the host is stopping).
+        released: Vec<u32>,
+    },
+    /// Everything counted before [`ToWorker::Flush`] was sent.
+    Flushed {
+        /// The flush's token.
+        token: u64,
+    },
+}
+
+/// One finished invocation on a handed connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Completion {
+    /// The app version.
+    pub generation: u64,
+    /// The function's index in it.
+    pub function: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From the request's head to the end of its response, in ns.
+    pub wall_ns: u64,
+}
+
+/// How an invocation ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Answered to the end of its body.
+    Ok,
+    /// The client left first.
+    Cancelled,
+    /// A failure class.
+    Failed(FailureKind),
+}
+
+impl Outcome {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Cancelled => "cancelled",
+            Self::Failed(kind) => kind.as_str(),
+        }
+    }
 }
 
 /// One function's cumulative costs in a worker.

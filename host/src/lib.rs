@@ -36,6 +36,7 @@ pub mod component;
 pub mod config;
 pub mod engine;
 pub mod exec;
+pub mod handoff;
 pub mod invocation;
 pub mod ipc;
 pub mod metrics;

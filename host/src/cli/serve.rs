@@ -138,6 +138,10 @@ pub struct ServeCommand {
     #[arg(long, env = "FNHOST_WORKER_PROCESS_COUNT", default_value = "1", value_parser = WorkerCount::parse, value_name = "N|MIN..MAX")]
     pub(super) workers: WorkerCount,
 
+    /// Hand each client connection to a worker, which then serves it with no hop through this process (on), or forward every request over the worker's channel (off). An app with a max_concurrent cap and more than one worker always forwards: the cap is the host's, and only the supervisor sees every call.
+    #[arg(long, env = "FNHOST_CONNECTION_HANDOFF", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
+    pub(super) connection_handoff: bool,
+
     /// With --workers MIN..MAX: how long fewer workers must suffice before some are stopped.
     #[arg(long, env = "FNHOST_SCALE_COOLDOWN", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub(super) scale_cooldown: Duration,
@@ -445,6 +449,13 @@ impl ServeCommand {
             },
         });
         let listen = host.listen;
+        let capped = functions.iter().any(|f| f.max_concurrent.is_some());
+        let handoff = self.connection_handoff && !(capped && self.workers.max > 1);
+        if self.connection_handoff && !handoff {
+            tracing::info!(
+                "requests are forwarded to the workers, not their connections handed over: a max_concurrent cap over more than one worker needs every call to pass the supervisor"
+            );
+        }
         let config = SupervisorConfig {
             functions,
             host,
@@ -459,6 +470,7 @@ impl ServeCommand {
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string()),
             reload: Some(reload),
             watch: self.watch,
+            handoff,
         };
         runtime.block_on(Supervisor::run(
             config,

@@ -47,6 +47,8 @@ pub async fn serve(supervisor: Arc<Supervisor>, listener: TcpListener) {
                 } else if request.uri().path() == "/reload" {
                     reload_route(&supervisor, request.method()).await
                 } else {
+                    // What the workers counted on handed connections first.
+                    supervisor.flush_reports().await;
                     route(&supervisor, request.method(), request.uri().path())
                 };
                 Ok::<_, std::convert::Infallible>(response)

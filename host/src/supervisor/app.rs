@@ -78,6 +78,8 @@ impl Generation {
                 config: function.config.clone(),
                 http_bound: function.needs_http(),
                 queue_bound: function.queue.is_some(),
+                route: function.route.clone(),
+                max_concurrent: function.max_concurrent,
             })
             .collect()
     }

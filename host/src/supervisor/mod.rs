@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod app;
 pub mod breaker;
+mod handoff;
 pub mod pool;
 pub mod process;
 pub mod redeploy;
@@ -79,6 +80,10 @@ pub struct SupervisorConfig {
     pub reload: Option<redeploy::ReloadSource>,
     /// Whether to redeploy when the manifest or a component file changes.
     pub watch: bool,
+    /// Whether client connections are handed to the workers (the
+    /// supervisor is then off the request path) rather than each request
+    /// forwarded over the worker's channel.
+    pub handoff: bool,
 }
 
 /// `--workers N` or `--workers MIN..MAX`.
@@ -186,6 +191,8 @@ pub struct Supervisor {
     unhealthy: watch::Sender<Option<String>>,
     first_ready: watch::Sender<bool>,
     startup: mpsc::UnboundedSender<StartupEvent>,
+    /// Connections workers gave back, with the slot that gave them.
+    released: mpsc::UnboundedSender<(usize, Vec<std::net::TcpStream>)>,
 }
 
 impl Supervisor {
@@ -221,6 +228,7 @@ impl Supervisor {
             None => None,
         };
         let (startup_sender, mut startup) = mpsc::unbounded_channel();
+        let (released, mut given_back) = mpsc::unbounded_channel();
         let supervisor = Arc::new(Supervisor {
             prespawned: Mutex::new(prespawned),
             pool,
@@ -244,8 +252,17 @@ impl Supervisor {
             unhealthy: watch::channel(None).0,
             first_ready: watch::channel(false).0,
             startup: startup_sender,
+            released,
             config,
         });
+        {
+            let supervisor = supervisor.clone();
+            tokio::spawn(async move {
+                while let Some((slot, streams)) = given_back.recv().await {
+                    supervisor.rehome(slot, streams);
+                }
+            });
+        }
         for _ in 0..workers.min {
             supervisor.add_slot();
         }
@@ -344,18 +361,23 @@ impl Supervisor {
                 tokio::spawn(supervisor.clone().watch_files());
             }
         }
-        let http = HttpTrigger::new(
-            supervisor.dispatch.clone(),
-            supervisor.config.host.http.clone(),
-        );
-        let (http_drained, ()) = tokio::join!(
-            http.serve(
-                listener,
-                stopped(stop_receiver),
-                supervisor.config.host.grace
-            ),
-            stop_triggers
-        );
+        let grace = supervisor.config.host.grace;
+        let http_served = async {
+            if supervisor.config.handoff {
+                tokio::spawn(supervisor.clone().watch_handed());
+                supervisor
+                    .serve_handoff(listener, stopped(stop_receiver), grace)
+                    .await
+            } else {
+                HttpTrigger::new(
+                    supervisor.dispatch.clone(),
+                    supervisor.config.host.http.clone(),
+                )
+                .serve(listener, stopped(stop_receiver), grace)
+                .await
+            }
+        };
+        let (http_drained, ()) = tokio::join!(http_served, stop_triggers);
         let queue_drained = match queue_task {
             Some(task) => task.await.unwrap_or(false),
             None => true,
@@ -537,11 +559,23 @@ impl Supervisor {
             && !self.pool.links().is_empty()
     }
 
+    /// Waits until every worker has reported what it counted so far on
+    /// its handed connections.
+    pub async fn flush_reports(&self) {
+        if self.config.handoff {
+            futures_util::future::join_all(self.pool.links().iter().map(|link| link.flush()))
+                .await;
+        }
+    }
+
     /// The host's metrics, with the gauges read from the workers now.
     pub fn metrics_text(&self) -> String {
         let links = self.pool.links();
         let instances: u64 = links.iter().map(|l| l.instances()).sum();
         self.metrics.instances.set(instances as i64);
+        if self.config.handoff {
+            self.metrics.in_flight.set(self.pool.in_flight() as i64);
+        }
         self.metrics.encode()
     }
 

@@ -12,6 +12,11 @@
 //!   supervisor's stdout and stderr (every other descriptor of the
 //!   supervisor's own is close-on-exec).
 //!
+//! Before the `Init` message, the supervisor sends the worker two more
+//! descriptors on its channel: its end of the connection channel and its
+//! connection table (see [`crate::handoff`]); the worker moves them to fds
+//! 4 and 5.
+//!
 //! Everything else (the death signal, `no_new_privs`, resource limits, the
 //! channel moved to fd 3, descriptors the supervisor inherited closed) the
 //! worker does to itself before it reads its channel: `worker/harden.rs`.
@@ -30,6 +35,9 @@ pub struct WorkerLimits {
     pub threads_memory: Option<u64>,
 }
 
+/// The byte that carries the handoff descriptors, first on the channel.
+pub const HANDOFF_MARKER: u8 = b'H';
+
 /// A started worker and the supervisor's end of its channel.
 pub struct WorkerProcess {
     /// The child process.
@@ -38,6 +46,10 @@ pub struct WorkerProcess {
     pub pid: u32,
     /// The supervisor's end of the channel.
     pub channel: tokio::net::UnixStream,
+    /// The supervisor's end of the connection channel.
+    pub connections: std::os::fd::OwnedFd,
+    /// The worker's connection table.
+    pub table: crate::handoff::table::ConnectionTable,
 }
 
 /// Starts a worker. Must be called from a thread that lives as long as the
@@ -58,10 +70,25 @@ pub fn spawn() -> std::io::Result<WorkerProcess> {
         .kill_on_drop(true);
     let child = command.spawn()?;
     let pid = child.id().unwrap_or(0);
+    let (connections, worker_connections) = crate::handoff::fdpass::pair()?;
+    let mut table = crate::handoff::table::ConnectionTable::create()?;
+    // The first byte on the channel carries the worker's handoff
+    // descriptors; the socket buffer takes it before the worker reads.
+    let table_fd = table.fd().expect("a new table has its descriptor");
+    crate::handoff::fdpass::send_with_fds(
+        std::os::fd::AsRawFd::as_raw_fd(&ours),
+        &[HANDOFF_MARKER],
+        &[std::os::fd::AsFd::as_fd(&worker_connections), table_fd],
+    )?;
+    drop(worker_connections);
+    // Nothing of the worker's but its channels stays open here.
+    table.close_fd();
     ours.set_nonblocking(true)?;
     Ok(WorkerProcess {
         child,
         pid,
         channel: tokio::net::UnixStream::from_std(ours)?,
+        connections,
+        table,
     })
 }

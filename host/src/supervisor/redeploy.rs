@@ -117,6 +117,11 @@ impl Supervisor {
             versions.insert(id, Arc::downgrade(&generation));
         }
         let old = self.current.replace(generation.clone());
+        for link in self.pool.links() {
+            if link.has_loaded(id) {
+                link.serve_version(id);
+            }
+        }
         tracing::info!(
             "redeployed: app version {id} ({}) is serving; version {} finishes what it runs",
             super::describe_functions(&generation.functions),
@@ -163,6 +168,7 @@ impl Supervisor {
         tokio::spawn(async move {
             match answer.await {
                 Ok(Ok(())) => {
+                    link.serve_version(current);
                     release_when_unused((started_with, retired), pool, Some(link)).await;
                 }
                 Ok(Err(message)) => {

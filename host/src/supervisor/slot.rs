@@ -169,7 +169,7 @@ impl Supervisor {
     }
 
     /// Starts one worker process in `slot` and runs it until it ends.
-    pub(super) async fn run_worker(&self, slot_state: &Slot) -> WorkerEnd {
+    pub(super) async fn run_worker(self: &Arc<Self>, slot_state: &Slot) -> WorkerEnd {
         let slot = slot_state.id;
         let started = Instant::now();
         self.set_phase(slot_state, SlotPhase::Starting, None);
@@ -187,7 +187,19 @@ impl Supervisor {
             mut child,
             pid,
             channel,
+            connections,
+            table,
         } = worker;
+        let handed = match super::handoff::Handed::new(table, connections) {
+            Ok(handed) => handed,
+            Err(error) => {
+                let _ = child.start_kill();
+                return WorkerEnd::Failed {
+                    uptime: Duration::ZERO,
+                    reason: format!("cannot set up its connection channel: {error}"),
+                };
+            }
+        };
         self.set_phase(slot_state, SlotPhase::Starting, Some(pid));
         tracing::debug!("worker {slot} started (pid {pid})");
         let (read_half, write_half) = channel.into_split();
@@ -253,6 +265,8 @@ impl Supervisor {
             slot_state.counters.clone(),
             self.metrics.clone(),
             self.function_lookup(),
+            handed,
+            self.released.clone(),
         ));
         self.pool.install(link.clone());
         // A redeploy finished while this worker was starting: it loads the
@@ -328,6 +342,9 @@ impl Supervisor {
         self.pool.remove(slot);
         self.metrics.workers.dec();
         link.lose();
+        // The process is gone: what its connections were doing decides
+        // what each client gets.
+        self.rescue_connections(&link, link.overran());
         if self.stopping.load(Ordering::Relaxed) {
             let _ = exit_status(&mut child).await;
             return WorkerEnd::Stopped;
@@ -357,9 +374,15 @@ impl Supervisor {
         self.set_phase(slot, SlotPhase::Retiring, Some(link.pid));
         self.pool.remove(slot.id);
         let deadline = Instant::now() + self.config.host.grace;
+        // Its connections go to the other workers once their requests in
+        // progress are answered.
+        link.release_connections();
         // The reader task marks the link lost if the worker dies meanwhile
         // (in-flight then drops to 0 at once); an overrun kills it now.
-        while link.in_flight() > 0 && Instant::now() < deadline && !link.overran() {
+        while (link.in_flight() > 0 || (link.handed.open_count() > 0 && !link.is_lost()))
+            && Instant::now() < deadline
+            && !link.overran()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if link.overran() {

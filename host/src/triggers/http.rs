@@ -62,12 +62,7 @@ impl HttpTrigger {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> bool {
-        let mut builder = http1::Builder::new();
-        // hyper's header-read timeout does nothing without a timer.
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
-            .keep_alive(true);
+        let builder = connection_builder(&self.limits);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -84,16 +79,11 @@ impl HttpTrigger {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            // A client that stops reading leaves a write pending: past the
-            // write timeout the write fails, the connection ends, and the
-            // response body (and whatever produces it) is dropped.
-            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-            stream.set_write_timeout(Some(self.limits.write_timeout));
-            let stream = Box::pin(stream);
+            let stream = with_write_timeout(stream, &self.limits);
             let dispatch = self.dispatch.clone();
             let limits = self.limits.clone();
             let service = hyper::service::service_fn(move |request| {
-                handle(dispatch.clone(), limits.clone(), request)
+                answer(dispatch.clone(), limits.clone(), request)
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
@@ -115,8 +105,31 @@ impl HttpTrigger {
     }
 }
 
-/// Handles one request: limits, dispatch, failure mapping.
-async fn handle(
+/// The hyper settings every client connection is served with.
+pub fn connection_builder(limits: &HttpLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    // hyper's header-read timeout does nothing without a timer.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+}
+
+/// `stream` with the write timeout: a client that stops reading leaves a
+/// write pending, and past the timeout the write fails, the connection
+/// ends, and the response body (and whatever produces it) is dropped.
+pub fn with_write_timeout<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(
+    stream: S,
+    limits: &HttpLimits,
+) -> Pin<Box<tokio_io_timeout::TimeoutStream<S>>> {
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(limits.write_timeout));
+    Box::pin(stream)
+}
+
+/// Answers one request: limits, dispatch, failure mapping.
+pub async fn answer(
     dispatch: Arc<dyn Dispatch>,
     limits: Arc<HttpLimits>,
     request: Request<Incoming>,
@@ -227,15 +240,7 @@ fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body>
     } else {
         tracing::warn!("[{id}] invocation failed: {}: {}", error.kind, error.detail);
     }
-    let message = match error.kind {
-        FailureKind::Trap => "the function failed",
-        FailureKind::Timeout => "the function ran out of time",
-        FailureKind::Memory => "the function ran out of memory",
-        FailureKind::Capacity => "the host is at capacity; retry later",
-        FailureKind::WorkerLost => "the worker running the function was lost",
-        FailureKind::Rejected => "the function failed",
-        FailureKind::NoRoute => "no function serves this path",
-    };
+    let message = failure_message(error.kind);
     let mut response = plain_response(id, error.kind.status(), message.to_string());
     let headers = response.headers_mut();
     headers.insert(ERROR_HEADER, HeaderValue::from_static(error.kind.as_str()));
@@ -246,6 +251,41 @@ fn failure_response(id: InvocationId, error: &InvocationError) -> Response<Body>
         );
     }
     response
+}
+
+/// What the body of a failure response of class `kind` says.
+fn failure_message(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Trap => "the function failed",
+        FailureKind::Timeout => "the function ran out of time",
+        FailureKind::Memory => "the function ran out of memory",
+        FailureKind::Capacity => "the host is at capacity; retry later",
+        FailureKind::WorkerLost => "the worker running the function was lost",
+        FailureKind::Rejected => "the function failed",
+        FailureKind::NoRoute => "no function serves this path",
+    }
+}
+
+/// The whole HTTP/1.1 response (head and body, `connection: close`) to a
+/// failure of class `kind`, for the supervisor to write on a connection
+/// whose worker is gone; it names a new invocation id.
+pub fn failure_response_bytes(kind: FailureKind) -> Vec<u8> {
+    let id = InvocationId::next();
+    let body = format!("{} (invocation {id})\n", failure_message(kind));
+    let status = kind.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n{ERROR_HEADER}: {}\r\n{INVOCATION_ID_HEADER}: {id}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        kind.as_str(),
+        body.len()
+    );
+    if kind == FailureKind::Capacity {
+        head.push_str(&format!("retry-after: {RETRY_AFTER_SECONDS}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    head.into_bytes()
 }
 
 /// A short `text/plain` response written by the host itself.
@@ -379,5 +419,27 @@ mod tests {
             response.headers()[INVOCATION_ID_HEADER],
             id.to_string().as_str()
         );
+    }
+
+    #[test]
+    fn a_failure_written_by_hand_parses_as_one_response() {
+        let bytes = failure_response_bytes(FailureKind::WorkerLost);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = response.parse(&bytes).unwrap() else {
+            panic!("incomplete: {}", String::from_utf8_lossy(&bytes));
+        };
+        assert_eq!(response.code, Some(502));
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| std::str::from_utf8(h.value).unwrap().to_string())
+        };
+        assert_eq!(header(ERROR_HEADER).as_deref(), Some("worker-lost"));
+        assert_eq!(header("connection").as_deref(), Some("close"));
+        let length: usize = header("content-length").unwrap().parse().unwrap();
+        assert_eq!(bytes.len() - head, length);
     }
 }

@@ -21,9 +21,9 @@
 //!
 //! See docs/security.md for what this does and does not isolate.
 
-use super::CHANNEL_FD;
+use super::{CHANNEL_FD, CONNECTIONS_FD, TABLE_FD};
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 /// Soft and hard limit on a worker's open file descriptors (capped by the
@@ -43,7 +43,7 @@ pub struct Hardening {
 /// worker must not run (it was not started by a live supervisor, or the
 /// kernel refused a limit).
 pub fn harden(settings: Hardening) -> anyhow::Result<()> {
-    close_descriptors_above(CHANNEL_FD);
+    close_descriptors_above(TABLE_FD);
     // SAFETY (all calls): plain system calls on integers.
     unsafe {
         check(libc::prctl(
@@ -94,6 +94,47 @@ pub fn take_channel() -> anyhow::Result<UnixStream> {
         // SAFETY: fd 3 is now the socket the supervisor gave this
         // process, owned by nothing else in it.
         Ok(UnixStream::from_raw_fd(CHANNEL_FD))
+    }
+}
+
+/// Takes the handoff descriptors the supervisor sent first on the channel
+/// (the connection channel and the connection table) and moves them to
+/// [`CONNECTIONS_FD`] and [`TABLE_FD`].
+pub fn take_handoff_fds(channel: &UnixStream) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut marker = [0u8; 1];
+    let (read, mut fds) =
+        crate::handoff::fdpass::recv_with_fds(channel.as_raw_fd(), &mut marker, 2)?;
+    if read != 1
+        || marker[0] != crate::supervisor::process::HANDOFF_MARKER
+        || fds.len() != 2
+    {
+        anyhow::bail!("the supervisor's first message was not the handoff descriptors");
+    }
+    // Out of the way first: either could sit on the other's number.
+    let table = out_of_the_way(fds.pop().expect("two descriptors"))?;
+    let connections = out_of_the_way(fds.pop().expect("two descriptors"))?;
+    Ok((
+        move_to(&connections, CONNECTIONS_FD)?,
+        move_to(&table, TABLE_FD)?,
+    ))
+}
+
+/// A copy of `fd` numbered above the handoff descriptors; `fd` is closed.
+fn out_of_the_way(fd: OwnedFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor this process owns.
+    unsafe {
+        let copy = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, TABLE_FD + 1);
+        check(copy)?;
+        Ok(OwnedFd::from_raw_fd(copy))
+    }
+}
+
+/// A copy of `fd` numbered `target` (whatever was there is replaced).
+fn move_to(fd: &OwnedFd, target: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: dup3 onto a number this process reserves for the copy.
+    unsafe {
+        check(libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC))?;
+        Ok(OwnedFd::from_raw_fd(target))
     }
 }
 

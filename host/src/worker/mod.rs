@@ -24,10 +24,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tokio_util::codec::Decoder;
 
+mod connections;
 pub mod harden;
+mod reports;
 
 /// The file descriptor of the worker's end of the channel.
 pub const CHANNEL_FD: RawFd = 3;
+/// The file descriptor of the worker's end of the connection channel.
+pub const CONNECTIONS_FD: RawFd = 4;
+/// The file descriptor of the worker's connection table.
+pub const TABLE_FD: RawFd = 5;
 /// How often a worker reports its statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -47,6 +53,7 @@ pub const EXIT_PROTOCOL: u8 = 3;
 /// the supervisor sends, as the worker's environment is empty.
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut channel = harden::take_channel()?;
+    let handoff = harden::take_handoff_fds(&channel)?;
     let init = read_init(&mut channel)?;
     harden::harden(harden::Hardening {
         supervisor: init.supervisor_pid,
@@ -66,7 +73,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     // On a runtime thread, not this one: the channel's messages and the
     // invocations then share the runtime's threads without extra wake-ups.
     runtime.block_on(async {
-        tokio::spawn(serve(init, channel, sender_channel))
+        tokio::spawn(serve(init, channel, sender_channel, handoff))
             .await
             .map_err(|e| anyhow::anyhow!("the worker's main task failed: {e}"))?
     })
@@ -166,6 +173,7 @@ async fn serve(
     init: WorkerInit,
     channel: UnixStream,
     sender_channel: UnixStream,
+    (connections_fd, table_fd): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
 ) -> anyhow::Result<ExitCode> {
     channel.set_nonblocking(true)?;
     sender_channel.set_nonblocking(true)?;
@@ -181,9 +189,28 @@ async fn serve(
         );
         return Ok(start_failed(to_supervisor, writer, message).await);
     }
-    let first = match load_version(init.slot, init.functions) {
+    let reports = reports::Reports::start(to_supervisor.clone());
+    let limits = init
+        .functions
+        .first()
+        .map(|function| function.config.http.clone())
+        .unwrap_or_default();
+    let first = match load_version(init.slot, init.generation, init.functions, &reports) {
         Ok(version) => version,
         Err(message) => return Ok(start_failed(to_supervisor, writer, message).await),
+    };
+    let connections = match handoff_channel(connections_fd, table_fd) {
+        Ok((channel, table)) => connections::Connections::start(
+            channel,
+            table,
+            limits,
+            reports.clone(),
+            first.router.clone(),
+        ),
+        Err(error) => {
+            let message = format!("cannot take the handed connections' channel: {error}");
+            return Ok(start_failed(to_supervisor, writer, message).await);
+        }
     };
     let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
         protocol: ipc::PROTOCOL_VERSION,
@@ -347,8 +374,10 @@ async fn serve(
                 // while the running versions keep serving.
                 let slot = init.slot;
                 let report = loaded_sender.clone();
+                let reports = reports.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _ = report.send((generation, load_version(slot, functions)));
+                    let loaded = load_version(slot, generation, functions, &reports);
+                    let _ = report.send((generation, loaded));
                 });
             }
             ToWorker::Release { generation } => {
@@ -358,12 +387,28 @@ async fn serve(
                     tracing::info!("worker {}: released app version {generation}", init.slot);
                 }
             }
+            ToWorker::ServeVersion { generation } => match versions.get(&generation) {
+                Some(version) => connections.serve_version(version.router.clone()),
+                None => {
+                    tracing::error!(
+                        "worker {}: told to serve app version {generation}, which it does not have",
+                        init.slot
+                    );
+                    return Ok(ExitCode::from(EXIT_PROTOCOL));
+                }
+            },
+            ToWorker::ReleaseConnections => connections.release_all(),
+            ToWorker::Flush { token } => {
+                reports.flush();
+                let _ = to_supervisor.send(ToSupervisor::Flushed { token });
+            }
             ToWorker::Shutdown => {
                 tracing::info!("worker {}: shutting down", init.slot);
                 // The supervisor drained first; whatever still runs gets a
                 // moment, and every answer is flushed before the exit.
                 let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
                 while (running.len() > 0
+                    || connections.open() > 0
                     || queue_calls.load(std::sync::atomic::Ordering::Relaxed) > 0)
                     && std::time::Instant::now() < deadline
                 {
@@ -373,6 +418,7 @@ async fn serve(
                 let _ = stats_task.await;
                 // The last calls' output, then the counts that include it.
                 crate::exec::flush_guest_output(Duration::from_secs(1));
+                reports.flush();
                 let _ = to_supervisor.send(stats_message(&profiles));
                 drop(to_supervisor);
                 drop(running);
@@ -387,9 +433,25 @@ async fn serve(
     }
 }
 
-/// One app version loaded in this worker: a host per function.
+/// One app version loaded in this worker: a host per function, and the
+/// router handed connections use.
 struct Version {
     hosts: Vec<Host>,
+    router: Arc<crate::app::dispatch::AppDispatch>,
+}
+
+/// The connection channel and table from their descriptors.
+fn handoff_channel(
+    channel: std::os::fd::OwnedFd,
+    table: std::os::fd::OwnedFd,
+) -> std::io::Result<(
+    crate::handoff::fdpass::ConnectionChannel,
+    crate::handoff::table::ConnectionTable,
+)> {
+    Ok((
+        crate::handoff::fdpass::ConnectionChannel::new(channel)?,
+        crate::handoff::table::ConnectionTable::open(table)?,
+    ))
 }
 
 /// The profiles of each loaded version's functions, by version.
@@ -437,11 +499,25 @@ impl Version {
     }
 }
 
-/// Loads every function of an app version, each into its own host; the
-/// first failure is the one line returned.
-fn load_version(slot: usize, functions: Vec<ipc::FunctionInit>) -> Result<Version, String> {
+/// Loads every function of app version `generation`, each into its own
+/// host, and routes them for handed connections; the first failure is the
+/// one line returned.
+fn load_version(
+    slot: usize,
+    generation: u64,
+    functions: Vec<ipc::FunctionInit>,
+    reports: &Arc<reports::Reports>,
+) -> Result<Version, String> {
+    let routes: Vec<(crate::app::Route, usize)> = functions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, function)| function.route.clone().map(|route| (route, index)))
+        .collect();
+    let router = crate::app::Router::new(&routes)
+        .map_err(|_| "the app's routes overlap (the supervisor checked them)".to_string())?;
     let mut hosts = Vec::with_capacity(functions.len());
-    for function in functions {
+    let mut entries = Vec::with_capacity(functions.len());
+    for (index, function) in functions.into_iter().enumerate() {
         let host = Host::builder(function.config)
             .component(&function.component)
             .name(function.name.clone())
@@ -453,9 +529,20 @@ fn load_version(slot: usize, functions: Vec<ipc::FunctionInit>) -> Result<Versio
             function.name,
             host.describe_load()
         );
+        entries.push(crate::app::dispatch::FunctionDispatch {
+            name: function.name.as_str().into(),
+            dispatch: Arc::new(reports::Reported {
+                inner: host.dispatch(),
+                generation,
+                function: index as u32,
+                reports: reports.clone(),
+            }),
+            max_concurrent: function.max_concurrent,
+        });
         hosts.push(host);
     }
-    Ok(Version { hosts })
+    let router = Arc::new(crate::app::dispatch::AppDispatch::new(router, entries, None));
+    Ok(Version { hosts, router })
 }
 
 /// Reports a start failure and waits until the writer has sent it.

@@ -119,6 +119,32 @@ impl WorkerPool {
     }
 }
 
+impl WorkerPool {
+    /// The ready worker with app version `generation` loaded (other than
+    /// slot `not`) holding the fewest handed connections; among equals,
+    /// the one given the fewest so far.
+    pub fn pick_for_connection(
+        &self,
+        generation: u64,
+        not: Option<usize>,
+    ) -> Option<Arc<WorkerLink>> {
+        let links = self.links.read().expect("pool");
+        let best = links
+            .iter()
+            .filter(|link| {
+                !link.is_lost() && Some(link.slot) != not && link.has_loaded(generation)
+            })
+            .min_by_key(|link| {
+                (
+                    link.handed.open_count(),
+                    link.dispatched.load(Ordering::Relaxed),
+                )
+            })?;
+        best.dispatched.fetch_add(1, Ordering::Relaxed);
+        Some(best.clone())
+    }
+}
+
 /// Runs one invocation on `link` (none: no worker is ready).
 async fn run(
     link: Option<Arc<WorkerLink>>,

@@ -156,6 +156,12 @@ pub struct WorkerLink {
     gone: tokio::sync::watch::Sender<bool>,
     overran: AtomicBool,
     recycle: Notify,
+    /// The client connections handed to this worker.
+    pub handed: super::handoff::Handed,
+    /// Where connections the worker gives back go (with its slot).
+    released: mpsc::UnboundedSender<(usize, Vec<std::net::TcpStream>)>,
+    /// Who waits for the worker's answer to a flush.
+    flush_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
 }
 
 impl WorkerLink {
@@ -170,6 +176,8 @@ impl WorkerLink {
         counters: Arc<SlotCounters>,
         metrics: Arc<Metrics>,
         lookup: FunctionLookup,
+        handed: super::handoff::Handed,
+        released: mpsc::UnboundedSender<(usize, Vec<std::net::TcpStream>)>,
     ) -> Self {
         Self {
             slot,
@@ -193,12 +201,83 @@ impl WorkerLink {
             gone: tokio::sync::watch::channel(false).0,
             overran: AtomicBool::new(false),
             recycle: Notify::new(),
+            handed,
+            released,
+            flush_waiters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Invocations sent to this worker and not finished.
+    /// Invocations running on this worker: those sent to it, and the
+    /// requests it is serving on connections handed to it.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Relaxed) + self.handed.in_flight()
+    }
+
+    /// Tells the worker its handed connections serve app version
+    /// `generation` from their next request on.
+    pub fn serve_version(&self, generation: u64) {
+        let _ = self.to_worker.send(ToWorker::ServeVersion { generation });
+    }
+
+    /// Asks the worker to give its connections back once their requests
+    /// in progress are answered.
+    pub fn release_connections(&self) {
+        let _ = self.to_worker.send(ToWorker::ReleaseConnections);
+    }
+
+    /// Resolves once the worker has sent everything it counted before
+    /// now (or after a second, or at once if it is lost).
+    pub async fn flush(&self) {
+        static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut waiters = self.flush_waiters.lock().expect("flush waiters");
+            if self.is_lost() {
+                return;
+            }
+            waiters.insert(token, sender);
+        }
+        if self.to_worker.send(ToWorker::Flush { token }).is_err() {
+            self.flush_waiters.lock().expect("flush waiters").remove(&token);
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), receiver).await;
+        self.flush_waiters.lock().expect("flush waiters").remove(&token);
+    }
+
+    /// Counts the calls a lost worker left unanswered on its handed
+    /// connections: each function (index into app version `generation`,
+    /// if the worker had routed it), failure class and time it had run.
+    pub(super) fn count_lost_connections(
+        &self,
+        generation: u64,
+        lost: &[(Option<u32>, FailureKind, Duration)],
+    ) {
+        let mut names = Vec::new();
+        for (function, kind, elapsed) in lost {
+            let function = function.and_then(|index| (self.lookup)(generation, index));
+            match function {
+                Some(function) => {
+                    names.push(function.name.clone());
+                    self.record(kind.as_str(), *elapsed, &function);
+                }
+                None => names.push("(not yet routed)".into()),
+            }
+        }
+        tracing::warn!(
+            "worker {} (pid {}) lost calls of {}",
+            self.slot,
+            self.pid,
+            tally(names)
+        );
+    }
+
+    /// A handed request overran: have the slot kill and replace the worker
+    /// (its connections are answered from the table then).
+    pub(super) fn overrun_connections(&self) {
+        self.overran.store(true, Ordering::Relaxed);
+        self.recycle.notify_one();
     }
 
     /// Instances alive in the worker, as it last reported.
@@ -470,6 +549,38 @@ impl WorkerLink {
                     None => {}
                 }
             }
+            ToSupervisor::Served {
+                completions,
+                closed,
+                released,
+            } => {
+                for completion in completions {
+                    if let Some(function) =
+                        (self.lookup)(completion.generation, completion.function)
+                    {
+                        self.record(
+                            completion.outcome.as_str(),
+                            Duration::from_nanos(completion.wall_ns),
+                            &function,
+                        );
+                    }
+                }
+                self.handed.closed(&closed);
+                if !released.is_empty() {
+                    let streams = self.handed.released(&released);
+                    let _ = self.released.send((self.slot, streams));
+                }
+            }
+            ToSupervisor::Flushed { token } => {
+                let waiter = self
+                    .flush_waiters
+                    .lock()
+                    .expect("flush waiters")
+                    .remove(&token);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(());
+                }
+            }
             ToSupervisor::Ready(_) | ToSupervisor::StartFailed { .. } => {
                 return Err("a start-up message from a running worker".to_string());
             }
@@ -565,14 +676,18 @@ impl WorkerLink {
     }
 
     fn count(&self, outcome: &str, started: Instant, function: &FunctionLive) {
+        function.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.record(outcome, started.elapsed(), function);
+    }
+
+    /// Counts a finished call of `function` that took `elapsed`.
+    fn record(&self, outcome: &str, elapsed: Duration, function: &FunctionLive) {
         let failed = outcome != "ok" && outcome != "cancelled";
-        let elapsed = started.elapsed();
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
         function.completed.fetch_add(1, Ordering::Relaxed);
-        function.in_flight.fetch_sub(1, Ordering::Relaxed);
         function.wall_ns.fetch_add(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -631,6 +746,7 @@ impl WorkerLink {
         let mut lost_calls = self.lose_queue();
         // Whoever waits for a version to load hears that it will not.
         self.load_waiters.lock().expect("load waiters").clear();
+        self.flush_waiters.lock().expect("flush waiters").clear();
         let drained: Vec<(u64, Pending)> = {
             let mut pending = self.pending.lock().expect("pending map");
             self.lost.store(true, Ordering::Relaxed);

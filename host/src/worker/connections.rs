@@ -1,0 +1,278 @@
+//! The worker's side of connection handoff: it receives client
+//! connections from the supervisor and serves them itself, with the same
+//! HTTP trigger code as `--in-process`, keeping each connection's state in
+//! the table the supervisor reads if this worker dies.
+
+use super::reports::{ConnectionMark, Reports};
+use crate::app::dispatch::AppDispatch;
+use crate::config::HttpLimits;
+use crate::handoff::fdpass::ConnectionChannel;
+use crate::handoff::table::{ConnectionState, ConnectionTable};
+use crate::triggers::http;
+use hyper_util::rt::TokioIo;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+/// The connections handed to this worker.
+pub struct Connections {
+    table: ConnectionTable,
+    limits: Arc<HttpLimits>,
+    reports: Arc<Reports>,
+    /// The app version new requests on handed connections go to.
+    serving: RwLock<Arc<AppDispatch>>,
+    /// Set once: finish the request in progress, then give every
+    /// connection back.
+    release: watch::Sender<bool>,
+    open: AtomicUsize,
+}
+
+impl Connections {
+    /// Serves connections arriving on `channel`, tracked in `table`, with
+    /// app version `router` until told otherwise.
+    pub fn start(
+        channel: ConnectionChannel,
+        table: ConnectionTable,
+        limits: HttpLimits,
+        reports: Arc<Reports>,
+        router: Arc<AppDispatch>,
+    ) -> Arc<Self> {
+        let connections = Arc::new(Self {
+            table,
+            limits: Arc::new(limits),
+            reports,
+            serving: RwLock::new(router),
+            release: watch::channel(false).0,
+            open: AtomicUsize::new(0),
+        });
+        let receiver = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                match channel.recv().await {
+                    Ok(Some((index, fd))) => {
+                        tokio::spawn(receiver.clone().serve(index, fd));
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::error!("the connection channel failed: {error}");
+                        return;
+                    }
+                }
+            }
+        });
+        connections
+    }
+
+    /// New requests go to `router` from now on.
+    pub fn serve_version(&self, router: Arc<AppDispatch>) {
+        *self.serving.write().expect("serving version") = router;
+    }
+
+    /// Finish what is in progress and give every connection back.
+    pub fn release_all(&self) {
+        self.release.send_replace(true);
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Serves connection `index` until it ends or is given back.
+    async fn serve(self: Arc<Self>, index: u32, fd: OwnedFd) {
+        let Some(entry) = self.table.entry(index) else {
+            tracing::error!("a handed connection with table index {index}, past the table");
+            return;
+        };
+        let raw = fd.as_raw_fd();
+        let stream = match tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!("a handed connection could not be registered: {error}");
+                shut_down(raw);
+                self.reports.closed(index);
+                return;
+            }
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let open_requests = Arc::new(AtomicUsize::new(0));
+        let io = TrackedIo {
+            inner: stream,
+            connections: self.clone(),
+            index,
+            open_requests: open_requests.clone(),
+        };
+        let io = http::with_write_timeout(io, &self.limits);
+        let service = {
+            let connections = self.clone();
+            hyper::service::service_fn(move |mut request| {
+                let marker = connections.clone();
+                request
+                    .extensions_mut()
+                    .insert(ConnectionMark(Arc::new(move |function| {
+                        if let Some(entry) = marker.table.entry(index) {
+                            entry.set_function(function);
+                        }
+                    })));
+                open_requests.fetch_add(1, Ordering::Relaxed);
+                let open = OpenRequest(open_requests.clone());
+                let router = connections.serving.read().expect("serving version").clone();
+                let limits = connections.limits.clone();
+                Box::pin(async move {
+                    let response = http::answer(router, limits, request).await?;
+                    Ok::<_, std::convert::Infallible>(crate::invocation::hold_until_body_ends(
+                        response, open,
+                    ))
+                })
+            })
+        };
+        let builder = http::connection_builder(&self.limits);
+        let mut connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut release = self.release.subscribe();
+        let mut asked = Box::pin(async move {
+            let _ = release.wait_for(|release| *release).await;
+        });
+        let mut releasing = false;
+        let mut hand_back = false;
+        let ended = std::future::poll_fn(|cx| {
+            if !releasing && asked.as_mut().poll(cx).is_ready() {
+                releasing = true;
+                // Idle means nothing was read since the last answer: hyper
+                // closes it at once, and it can be handed on. Otherwise the
+                // answer in progress goes out with `connection: close`.
+                hand_back = entry.state() == ConnectionState::Idle;
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+            connection.poll_without_shutdown(cx)
+        })
+        .await;
+        let unread = connection.into_parts().read_buf;
+        if hand_back && ended.is_ok() && unread.is_empty() {
+            self.reports.released(index);
+        } else {
+            if let Err(error) = ended {
+                tracing::debug!("connection ended: {error}");
+            }
+            shut_down(raw);
+            self.reports.closed(index);
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request as open on its connection until its response body ends.
+struct OpenRequest(Arc<AtomicUsize>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Shuts a handed socket down both ways: the supervisor's copy of the
+/// descriptor keeps it open, so closing ours alone would send no FIN.
+fn shut_down(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor this process holds.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// A handed connection's socket that writes its state into the table as
+/// bytes move: data read on an idle connection makes it busy, the first
+/// byte written makes it responding, and a read that finds nothing once
+/// every request is answered makes it idle again.
+struct TrackedIo {
+    inner: tokio::net::TcpStream,
+    connections: Arc<Connections>,
+    index: u32,
+    open_requests: Arc<AtomicUsize>,
+}
+
+impl TrackedIo {
+    fn entry(&self) -> &crate::handoff::table::Entry {
+        self.connections
+            .table
+            .entry(self.index)
+            .expect("checked when the connection arrived")
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let entry = this.entry();
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if entry.state() == ConnectionState::Idle {
+                    entry.set(ConnectionState::Busy);
+                }
+            }
+            Poll::Pending => {
+                if this.open_requests.load(Ordering::Relaxed) == 0
+                    && entry.state() != ConnectionState::Idle
+                {
+                    entry.set(ConnectionState::Idle);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl TrackedIo {
+    fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            let entry = self.entry();
+            if entry.state() == ConnectionState::Busy {
+                entry.set(ConnectionState::Responding);
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,241 @@
+//! What a worker tells the supervisor about the connections handed to it:
+//! each finished invocation (the supervisor's metrics and counts) and each
+//! connection that ended or was given back, batched into one
+//! [`ToSupervisor::Served`] every few milliseconds so the supervisor wakes
+//! a few hundred times a second at most, not once per request.
+
+use crate::invocation::{
+    Body, BodyError, Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult,
+};
+use crate::ipc::{Completion, Outcome, ToSupervisor};
+use bytes::Bytes;
+use hyper::body::{Body as _, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How long a report waits for more to say before it is sent.
+const REPORT_DELAY: Duration = Duration::from_millis(2);
+
+#[derive(Default)]
+struct Batch {
+    completions: Vec<Completion>,
+    closed: Vec<u32>,
+    released: Vec<u32>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.completions.is_empty() && self.closed.is_empty() && self.released.is_empty()
+    }
+}
+
+/// The batch being filled, and the task that sends it.
+pub struct Reports {
+    batch: Mutex<Batch>,
+    wake: Notify,
+    to_supervisor: UnboundedSender<ToSupervisor>,
+}
+
+impl Reports {
+    /// Reports to `to_supervisor`; the sending task runs until the channel closes.
+    pub fn start(to_supervisor: UnboundedSender<ToSupervisor>) -> Arc<Self> {
+        let reports = Arc::new(Self {
+            batch: Mutex::default(),
+            wake: Notify::new(),
+            to_supervisor,
+        });
+        let sender = reports.clone();
+        tokio::spawn(async move {
+            loop {
+                sender.wake.notified().await;
+                tokio::time::sleep(REPORT_DELAY).await;
+                if !sender.flush() {
+                    return;
+                }
+            }
+        });
+        reports
+    }
+
+    fn add(&self, fill: impl FnOnce(&mut Batch)) {
+        let mut batch = self.batch.lock().expect("report batch");
+        let was_empty = batch.is_empty();
+        fill(&mut batch);
+        drop(batch);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// An invocation of `function` of version `generation` ended.
+    pub fn completed(&self, generation: u64, function: u32, outcome: Outcome, started: Instant) {
+        let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.add(|batch| {
+            batch.completions.push(Completion {
+                generation,
+                function,
+                outcome,
+                wall_ns,
+            })
+        });
+    }
+
+    /// Connection `index` ended; its socket is shut down.
+    pub fn closed(&self, index: u32) {
+        self.add(|batch| batch.closed.push(index));
+    }
+
+    /// Connection `index` is given back at a request boundary.
+    pub fn released(&self, index: u32) {
+        self.add(|batch| batch.released.push(index));
+    }
+
+    /// Sends what is in the batch now; false once the supervisor is gone.
+    pub fn flush(&self) -> bool {
+        let batch = std::mem::take(&mut *self.batch.lock().expect("report batch"));
+        if batch.is_empty() {
+            return !self.to_supervisor.is_closed();
+        }
+        self.to_supervisor
+            .send(ToSupervisor::Served {
+                completions: batch.completions,
+                closed: batch.closed,
+                released: batch.released,
+            })
+            .is_ok()
+    }
+}
+
+/// Marks the request with the table entry of its connection, so the
+/// dispatch can record which function serves it.
+#[derive(Clone)]
+pub struct ConnectionMark(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+/// One function's dispatch on handed connections: records which function
+/// a connection's request went to, and reports how each call ended.
+pub struct Reported {
+    /// The function's own dispatch (its lane).
+    pub inner: Arc<dyn Dispatch>,
+    /// Its app version.
+    pub generation: u64,
+    /// Its index in the version.
+    pub function: u32,
+    /// Where the outcome goes.
+    pub reports: Arc<Reports>,
+}
+
+impl Dispatch for Reported {
+    fn dispatch_http(
+        &self,
+        invocation: HttpInvocation,
+    ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
+        if let Some(mark) = invocation.request.extensions().get::<ConnectionMark>() {
+            (mark.0)(self.function);
+        }
+        let started = Instant::now();
+        let call = self.inner.dispatch_http(invocation);
+        let (reports, generation, function) = (self.reports.clone(), self.generation, self.function);
+        Box::pin(async move {
+            match call.await {
+                Ok(response) => Ok(response.map(|inner| {
+                    http_body_util::BodyExt::boxed_unsync(ReportedBody {
+                        inner,
+                        report: Some(Report {
+                            reports,
+                            generation,
+                            function,
+                            started,
+                        }),
+                    })
+                })),
+                Err(error) => {
+                    reports.completed(generation, function, Outcome::Failed(error.kind), started);
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    fn dispatch_queue(
+        &self,
+        invocation: QueueInvocation,
+    ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
+        self.inner.dispatch_queue(invocation)
+    }
+}
+
+struct Report {
+    reports: Arc<Reports>,
+    generation: u64,
+    function: u32,
+    started: Instant,
+}
+
+impl Report {
+    fn send(self, outcome: Outcome) {
+        self.reports
+            .completed(self.generation, self.function, outcome, self.started);
+    }
+}
+
+/// A response body that reports its call's outcome when it ends, fails,
+/// or is dropped before its end (the client left).
+struct ReportedBody {
+    inner: Body,
+    report: Option<Report>,
+}
+
+impl hyper::body::Body for ReportedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(report) = this.report.take() {
+                    report.send(Outcome::Ok);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(report) = this.report.take() {
+                    report.send(Outcome::Failed(crate::FailureKind::Trap));
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReportedBody {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            // hyper drops a body it has written to its end without polling
+            // past it when the length is known.
+            let outcome = if self.inner.is_end_stream() {
+                Outcome::Ok
+            } else {
+                Outcome::Cancelled
+            };
+            report.send(outcome);
+        }
+    }
+}
