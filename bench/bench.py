@@ -242,9 +242,12 @@ class ServerKind:
 def server_kinds(fnhost, native, wasmtime, quick):
     fnhost_cache = CACHE / "fnhost-compile-cache"
 
-    def fnhost_argv(guest, port, extra, mode=None, workers=None, in_process=False):
+    def fnhost_argv(guest, port, extra, mode=None, workers=None, in_process=False,
+                    forwarding=False):
         argv = [str(fnhost), "serve", "--listen", f"127.0.0.1:{port}", "--timeout", "60s",
                 "--cache-dir", str(extra.get("cache_dir", fnhost_cache))]
+        if forwarding:
+            argv += ["--connection-handoff", "off"]
         if mode:
             argv += ["--mode", mode]
         if workers:
@@ -276,6 +279,9 @@ def server_kinds(fnhost, native, wasmtime, quick):
 
     def fnhost_in_process_argv(guest, port, extra):
         return fnhost_argv(guest, port, extra, in_process=True)
+
+    def fnhost_forwarding_argv(guest, port, extra):
+        return fnhost_argv(guest, port, extra, forwarding=True)
 
     def fnhost_workers_argv(workers):
         return lambda guest, port, extra: fnhost_argv(guest, port, extra, workers=workers)
@@ -309,6 +315,10 @@ def server_kinds(fnhost, native, wasmtime, quick):
                       "cold-start-cold-cache", "cold-start-warm-cache"}),
         ServerKind("fnhost-2-workers", fnhost_workers_argv(2), wasm_path,
                    only=worker_scenarios | queue_scenarios),
+        # The default worker with every request forwarded over its channel
+        # (how fnhost served before connections were handed to workers).
+        ServerKind("fnhost-forwarding", fnhost_forwarding_argv, wasm_path,
+                   only=worker_scenarios | TOOLCHAIN_SCENARIOS | {"io", "plain-hello"}),
         ServerKind("fnhost-app", fnhost_app_argv, wasm_path, only={"hello", "hello-pinned"}),
     ]
     if quick:
@@ -789,7 +799,7 @@ def main():
     parser.add_argument("--no-build", action="store_true",
                         help="use the fnhost binary already in target/ (CI builds it with the tests)")
     parser.add_argument("--servers", default=None,
-                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-2-workers, fnhost-app, fnhost-sync, "
+                        help="comma-separated subset of: fnhost, fnhost-in-process, fnhost-forwarding, fnhost-2-workers, fnhost-app, fnhost-sync, "
                              "fnhost-4-workers, fnhost-async, wasmtime-default, wasmtime-tuned, "
                              "wasmtime-reuse, native")
     args = parser.parse_args()

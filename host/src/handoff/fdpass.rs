@@ -100,8 +100,7 @@ pub fn recv_with_fds(
     unsafe {
         let mut header = libc::CMSG_FIRSTHDR(&message);
         while !header.is_null() {
-            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS
-            {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
                 let bytes = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                 let data = libc::CMSG_DATA(header).cast::<RawFd>();
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
@@ -112,7 +111,9 @@ pub fn recv_with_fds(
         }
     }
     if message.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("more descriptors than expected in a record"));
+        return Err(io::Error::other(
+            "more descriptors than expected in a record",
+        ));
     }
     Ok((read as usize, fds))
 }

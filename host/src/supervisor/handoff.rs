@@ -147,7 +147,10 @@ impl Handed {
     }
 
     /// Whether the worker has left a request unanswered for `limit`: one
-    /// it read without writing a byte back, or one it never read.
+    /// it routed to a function without writing a byte back, or one it
+    /// never read. (A request still arriving, its head or body trickling
+    /// in, is not the worker's delay: hyper's header timeout and the
+    /// guest's `--timeout` end those.)
     pub fn overdue(&self, limit: Duration) -> bool {
         let now = now_ms();
         let limit_ms = limit.as_millis() as u64;
@@ -164,7 +167,10 @@ impl Handed {
             };
             let snapshot = entry.snapshot();
             match snapshot.state {
-                ConnectionState::Busy if now.saturating_sub(snapshot.since_ms) > limit_ms => {
+                ConnectionState::Busy
+                    if snapshot.function.is_some()
+                        && now.saturating_sub(snapshot.since_ms) > limit_ms =>
+                {
                     overdue = true;
                 }
                 ConnectionState::Idle if unread_bytes(stream) > 0 => {
@@ -252,7 +258,12 @@ impl Supervisor {
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if self.pool.links().iter().all(|link| link.handed.open_count() == 0) {
+            if self
+                .pool
+                .links()
+                .iter()
+                .all(|link| link.handed.open_count() == 0)
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -272,17 +283,12 @@ impl Supervisor {
                 return;
             }
             let generation = self.current.get().id;
-            match self.pool.pick_for_connection(generation, not) {
-                Some(link) => match link.handed.hand(stream).await {
+            if let Some(link) = self.pool.pick_for_connection(generation, not) {
+                match link.handed.hand(stream).await {
                     Ok(()) => return,
                     // That worker is full or gone: another may take it.
                     Err(back) => stream = back,
-                },
-                None if waited.elapsed() > WAIT_FOR_A_WORKER => {
-                    answer_and_close(stream, FailureKind::Capacity);
-                    return;
                 }
-                None => {}
             }
             if waited.elapsed() > WAIT_FOR_A_WORKER {
                 answer_and_close(stream, FailureKind::Capacity);
@@ -318,7 +324,9 @@ impl Supervisor {
                 }
                 ConnectionState::Idle => idle.push(stream),
                 ConnectionState::Busy => {
-                    let kind = if overran && now.saturating_sub(snapshot.since_ms) > limit_ms {
+                    let overdue = snapshot.function.is_some()
+                        && now.saturating_sub(snapshot.since_ms) > limit_ms;
+                    let kind = if overran && overdue {
                         FailureKind::Timeout
                     } else {
                         FailureKind::WorkerLost

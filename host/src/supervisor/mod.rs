@@ -563,8 +563,7 @@ impl Supervisor {
     /// its handed connections.
     pub async fn flush_reports(&self) {
         if self.config.handoff {
-            futures_util::future::join_all(self.pool.links().iter().map(|link| link.flush()))
-                .await;
+            futures_util::future::join_all(self.pool.links().iter().map(|link| link.flush())).await;
         }
     }
 

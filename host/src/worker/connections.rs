@@ -10,11 +10,11 @@ use crate::handoff::fdpass::ConnectionChannel;
 use crate::handoff::table::{ConnectionState, ConnectionTable};
 use crate::triggers::http;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::future::Future;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -212,17 +212,16 @@ impl AsyncRead for TrackedIo {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let entry = this.entry();
         match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if entry.state() == ConnectionState::Idle {
-                    entry.set(ConnectionState::Busy);
-                }
+            Poll::Ready(Ok(()))
+                if buf.filled().len() > before && entry.state() == ConnectionState::Idle =>
+            {
+                entry.set(ConnectionState::Busy);
             }
-            Poll::Pending => {
+            Poll::Pending
                 if this.open_requests.load(Ordering::Relaxed) == 0
-                    && entry.state() != ConnectionState::Idle
-                {
-                    entry.set(ConnectionState::Idle);
-                }
+                    && entry.state() != ConnectionState::Idle =>
+            {
+                entry.set(ConnectionState::Idle);
             }
             _ => {}
         }

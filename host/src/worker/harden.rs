@@ -104,10 +104,7 @@ pub fn take_handoff_fds(channel: &UnixStream) -> anyhow::Result<(OwnedFd, OwnedF
     let mut marker = [0u8; 1];
     let (read, mut fds) =
         crate::handoff::fdpass::recv_with_fds(channel.as_raw_fd(), &mut marker, 2)?;
-    if read != 1
-        || marker[0] != crate::supervisor::process::HANDOFF_MARKER
-        || fds.len() != 2
-    {
+    if read != 1 || marker[0] != crate::supervisor::process::HANDOFF_MARKER || fds.len() != 2 {
         anyhow::bail!("the supervisor's first message was not the handoff descriptors");
     }
     // Out of the way first: either could sit on the other's number.

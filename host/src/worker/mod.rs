@@ -189,7 +189,7 @@ async fn serve(
         );
         return Ok(start_failed(to_supervisor, writer, message).await);
     }
-    let reports = reports::Reports::start(to_supervisor.clone());
+    let reports = reports::Reports::new();
     let limits = init
         .functions
         .first()
@@ -215,6 +215,7 @@ async fn serve(
     let _ = to_supervisor.send(ToSupervisor::Ready(Box::new(WorkerReady {
         protocol: ipc::PROTOCOL_VERSION,
     })));
+    reports.send_from(to_supervisor.clone());
     // Each loaded version's functions' profiles, for the statistics report.
     let profiles: Profiles = Arc::default();
     first.publish(init.generation, &profiles);
@@ -399,7 +400,7 @@ async fn serve(
             },
             ToWorker::ReleaseConnections => connections.release_all(),
             ToWorker::Flush { token } => {
-                reports.flush();
+                reports.flush(&to_supervisor);
                 let _ = to_supervisor.send(ToSupervisor::Flushed { token });
             }
             ToWorker::Shutdown => {
@@ -418,7 +419,7 @@ async fn serve(
                 let _ = stats_task.await;
                 // The last calls' output, then the counts that include it.
                 crate::exec::flush_guest_output(Duration::from_secs(1));
-                reports.flush();
+                reports.flush(&to_supervisor);
                 let _ = to_supervisor.send(stats_message(&profiles));
                 drop(to_supervisor);
                 drop(running);
@@ -541,7 +542,9 @@ fn load_version(
         });
         hosts.push(host);
     }
-    let router = Arc::new(crate::app::dispatch::AppDispatch::new(router, entries, None));
+    let router = Arc::new(crate::app::dispatch::AppDispatch::new(
+        router, entries, None,
+    ));
     Ok(Version { hosts, router })
 }
 

@@ -34,32 +34,35 @@ impl Batch {
     }
 }
 
-/// The batch being filled, and the task that sends it.
+/// The batch being filled; [`Reports::send_from`] starts the task that
+/// sends it.
+#[derive(Default)]
 pub struct Reports {
     batch: Mutex<Batch>,
     wake: Notify,
-    to_supervisor: UnboundedSender<ToSupervisor>,
 }
 
 impl Reports {
-    /// Reports to `to_supervisor`; the sending task runs until the channel closes.
-    pub fn start(to_supervisor: UnboundedSender<ToSupervisor>) -> Arc<Self> {
-        let reports = Arc::new(Self {
-            batch: Mutex::default(),
-            wake: Notify::new(),
-            to_supervisor,
-        });
-        let sender = reports.clone();
+    /// An empty batch (nothing is sent before [`Self::send_from`]).
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Sends each batch to `to_supervisor`, [`REPORT_DELAY`] after its
+    /// first entry, until the channel closes. Started once the worker is
+    /// ready: a worker that fails to start has no sender left open but the
+    /// one that reports the failure.
+    pub fn send_from(self: &Arc<Self>, to_supervisor: UnboundedSender<ToSupervisor>) {
+        let reports = self.clone();
         tokio::spawn(async move {
             loop {
-                sender.wake.notified().await;
+                reports.wake.notified().await;
                 tokio::time::sleep(REPORT_DELAY).await;
-                if !sender.flush() {
+                if !reports.flush(&to_supervisor) {
                     return;
                 }
             }
         });
-        reports
     }
 
     fn add(&self, fill: impl FnOnce(&mut Batch)) {
@@ -96,12 +99,12 @@ impl Reports {
     }
 
     /// Sends what is in the batch now; false once the supervisor is gone.
-    pub fn flush(&self) -> bool {
+    pub fn flush(&self, to_supervisor: &UnboundedSender<ToSupervisor>) -> bool {
         let batch = std::mem::take(&mut *self.batch.lock().expect("report batch"));
         if batch.is_empty() {
-            return !self.to_supervisor.is_closed();
+            return !to_supervisor.is_closed();
         }
-        self.to_supervisor
+        to_supervisor
             .send(ToSupervisor::Served {
                 completions: batch.completions,
                 closed: batch.closed,
@@ -139,7 +142,8 @@ impl Dispatch for Reported {
         }
         let started = Instant::now();
         let call = self.inner.dispatch_http(invocation);
-        let (reports, generation, function) = (self.reports.clone(), self.generation, self.function);
+        let (reports, generation, function) =
+            (self.reports.clone(), self.generation, self.function);
         Box::pin(async move {
             match call.await {
                 Ok(response) => Ok(response.map(|inner| {

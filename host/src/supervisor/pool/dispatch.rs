@@ -131,9 +131,7 @@ impl WorkerPool {
         let links = self.links.read().expect("pool");
         let best = links
             .iter()
-            .filter(|link| {
-                !link.is_lost() && Some(link.slot) != not && link.has_loaded(generation)
-            })
+            .filter(|link| !link.is_lost() && Some(link.slot) != not && link.has_loaded(generation))
             .min_by_key(|link| {
                 (
                     link.handed.open_count(),

@@ -29,6 +29,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// enforces the timeout itself; overrunning it this far means the worker is
 /// stuck (stopped, deadlocked, or blocked in a host call).
 pub const OVERRUN_GRACE: Duration = Duration::from_secs(2);
+/// How long the admin endpoint waits for a worker's reports before it
+/// answers with what it has (a stopped worker must not stall it).
+const FLUSH_WAIT: Duration = Duration::from_millis(200);
 /// How long an overrun waits for the stuck worker to be killed.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -226,7 +229,7 @@ impl WorkerLink {
     }
 
     /// Resolves once the worker has sent everything it counted before
-    /// now (or after a second, or at once if it is lost).
+    /// now (or after [`FLUSH_WAIT`], or at once if it is lost).
     pub async fn flush(&self) {
         static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
@@ -239,11 +242,17 @@ impl WorkerLink {
             waiters.insert(token, sender);
         }
         if self.to_worker.send(ToWorker::Flush { token }).is_err() {
-            self.flush_waiters.lock().expect("flush waiters").remove(&token);
+            self.flush_waiters
+                .lock()
+                .expect("flush waiters")
+                .remove(&token);
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), receiver).await;
-        self.flush_waiters.lock().expect("flush waiters").remove(&token);
+        let _ = tokio::time::timeout(FLUSH_WAIT, receiver).await;
+        self.flush_waiters
+            .lock()
+            .expect("flush waiters")
+            .remove(&token);
     }
 
     /// Counts the calls a lost worker left unanswered on its handed
