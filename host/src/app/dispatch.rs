@@ -62,6 +62,11 @@ impl AppDispatch {
         }
     }
 
+    /// The index of the function that serves `path`, if any.
+    pub fn function_for(&self, path: &str) -> Option<usize> {
+        self.router.pick(path)
+    }
+
     /// Invocations of function `index` running now (those holding a slot of
     /// its cap; 0 for a function without one).
     pub fn running(&self, index: usize) -> Option<usize> {

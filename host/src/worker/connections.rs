@@ -3,7 +3,7 @@
 //! HTTP trigger code as `--in-process`, keeping each connection's state in
 //! the table the supervisor reads if this worker dies.
 
-use super::reports::{ConnectionMark, Reports};
+use super::reports::Reports;
 use crate::app::dispatch::AppDispatch;
 use crate::config::HttpLimits;
 use crate::handoff::fdpass::ConnectionChannel;
@@ -110,18 +110,18 @@ impl Connections {
         let io = http::with_write_timeout(io, &self.limits);
         let service = {
             let connections = self.clone();
-            hyper::service::service_fn(move |mut request| {
-                let marker = connections.clone();
-                request
-                    .extensions_mut()
-                    .insert(ConnectionMark(Arc::new(move |function| {
-                        if let Some(entry) = marker.table.entry(index) {
-                            entry.set_function(function);
-                        }
-                    })));
+            hyper::service::service_fn(move |request: ::http::Request<hyper::body::Incoming>| {
                 open_requests.fetch_add(1, Ordering::Relaxed);
                 let open = OpenRequest(open_requests.clone());
                 let router = connections.serving.read().expect("serving version").clone();
+                // Which function has the call, for the supervisor to name it
+                // if this worker dies with it.
+                if let (Some(function), Some(entry)) = (
+                    router.function_for(request.uri().path()),
+                    connections.table.entry(index),
+                ) {
+                    entry.set_function(function as u32);
+                }
                 let limits = connections.limits.clone();
                 Box::pin(async move {
                     let response = http::answer(router, limits, request).await?;

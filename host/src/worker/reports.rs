@@ -114,13 +114,8 @@ impl Reports {
     }
 }
 
-/// Marks the request with the table entry of its connection, so the
-/// dispatch can record which function serves it.
-#[derive(Clone)]
-pub struct ConnectionMark(pub Arc<dyn Fn(u32) + Send + Sync>);
-
-/// One function's dispatch on handed connections: records which function
-/// a connection's request went to, and reports how each call ended.
+/// One function's dispatch on handed connections: reports how each call
+/// ended.
 pub struct Reported {
     /// The function's own dispatch (its lane).
     pub inner: Arc<dyn Dispatch>,
@@ -137,9 +132,6 @@ impl Dispatch for Reported {
         &self,
         invocation: HttpInvocation,
     ) -> Pin<Box<dyn Future<Output = DispatchResult> + Send + 'static>> {
-        if let Some(mark) = invocation.request.extensions().get::<ConnectionMark>() {
-            (mark.0)(self.function);
-        }
         let started = Instant::now();
         let call = self.inner.dispatch_http(invocation);
         let (reports, generation, function) =
