@@ -117,7 +117,7 @@ pub struct HttpInvocation {
 
 /// The classes of failure a client can see, each with its status code and
 /// `fnhost-error` value (see DESIGN.md, "Contracts").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FailureKind {
     /// The guest trapped (a panic, `unreachable`, a host error it caused). 500.
     Trap,

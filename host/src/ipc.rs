@@ -314,7 +314,7 @@ pub struct Completion {
 }
 
 /// How an invocation ended, as the metrics count it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// Answered to the end of its body.
     Ok,

@@ -2,7 +2,7 @@
 //! each finished invocation (the supervisor's metrics and counts) and each
 //! connection that ended or was given back, batched into one
 //! [`ToSupervisor::Served`] every few milliseconds so the supervisor wakes
-//! a few hundred times a second at most, not once per request.
+//! at most 200 times a second, not once per request.
 
 use crate::invocation::{
     Body, BodyError, Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult,
@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How long a report waits for more to say before it is sent.
-const REPORT_DELAY: Duration = Duration::from_millis(2);
+const REPORT_DELAY: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
 struct Batch {

@@ -563,17 +563,7 @@ impl WorkerLink {
                 closed,
                 released,
             } => {
-                for completion in completions {
-                    if let Some(function) =
-                        (self.lookup)(completion.generation, completion.function)
-                    {
-                        self.record(
-                            completion.outcome.as_str(),
-                            Duration::from_nanos(completion.wall_ns),
-                            &function,
-                        );
-                    }
-                }
+                self.record_completions(completions);
                 self.handed.closed(&closed);
                 if !released.is_empty() {
                     let streams = self.handed.released(&released);
@@ -687,6 +677,38 @@ impl WorkerLink {
     fn count(&self, outcome: &str, started: Instant, function: &FunctionLive) {
         function.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.record(outcome, started.elapsed(), function);
+    }
+
+    /// Counts the calls a worker finished on its handed connections, a
+    /// group of one function and outcome at a time.
+    fn record_completions(&self, completions: Vec<ipc::Completion>) {
+        let mut groups: HashMap<(u64, u32, ipc::Outcome), Vec<Duration>> = HashMap::new();
+        for completion in completions {
+            groups
+                .entry((completion.generation, completion.function, completion.outcome))
+                .or_default()
+                .push(Duration::from_nanos(completion.wall_ns));
+        }
+        for ((generation, function, outcome), durations) in groups {
+            let Some(function) = (self.lookup)(generation, function) else {
+                continue;
+            };
+            let calls = durations.len() as u64;
+            let failed = !matches!(outcome, ipc::Outcome::Ok | ipc::Outcome::Cancelled);
+            let wall: Duration = durations.iter().sum();
+            self.counters.completed.fetch_add(calls, Ordering::Relaxed);
+            function.completed.fetch_add(calls, Ordering::Relaxed);
+            function.wall_ns.fetch_add(
+                u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            if failed {
+                self.counters.failures.fetch_add(calls, Ordering::Relaxed);
+                function.failures.fetch_add(calls, Ordering::Relaxed);
+            }
+            self.metrics
+                .record_batch(&function.name, function.lane, outcome.as_str(), &durations);
+        }
     }
 
     /// Counts a finished call of `function` that took `elapsed`.
