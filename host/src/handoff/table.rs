@@ -31,6 +31,9 @@ pub enum ConnectionState {
     Busy,
     /// A response is being written.
     Responding,
+    /// Every response on it has ended, perhaps not all of it written out
+    /// yet: no longer a call in flight, not yet safe to hand on.
+    Done,
 }
 
 impl ConnectionState {
@@ -39,6 +42,7 @@ impl ConnectionState {
             0 => Self::Free,
             1 => Self::Idle,
             2 => Self::Busy,
+            4 => Self::Done,
             // Anything else (a worker writing garbage) is treated as the
             // state that promises the least: the connection is closed.
             _ => Self::Responding,
@@ -51,6 +55,7 @@ impl ConnectionState {
             Self::Idle => 1,
             Self::Busy => 2,
             Self::Responding => 3,
+            Self::Done => 4,
         }
     }
 }

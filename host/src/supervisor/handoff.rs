@@ -284,6 +284,12 @@ impl Supervisor {
             }
             let generation = self.current.get().id;
             if let Some(link) = self.pool.pick_for_connection(generation, not) {
+                tracing::debug!(
+                    "a connection to worker {} ({} open, {} in flight there)",
+                    link.slot,
+                    link.handed.open_count(),
+                    link.handed.in_flight()
+                );
                 match link.handed.hand(stream).await {
                     Ok(()) => return,
                     // That worker is full or gone: another may take it.
@@ -335,7 +341,11 @@ impl Supervisor {
                     lost.push((snapshot.function, kind, ran));
                     answer_and_close(stream, kind);
                 }
-                ConnectionState::Responding | ConnectionState::Free => close(stream),
+                // Done: its answer may not all be out; closing is what a
+                // client of a finished response can take.
+                ConnectionState::Responding | ConnectionState::Done | ConnectionState::Free => {
+                    close(stream)
+                }
             }
         }
         if !lost.is_empty() {

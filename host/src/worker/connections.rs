@@ -112,7 +112,11 @@ impl Connections {
             let connections = self.clone();
             hyper::service::service_fn(move |request: ::http::Request<hyper::body::Incoming>| {
                 open_requests.fetch_add(1, Ordering::Relaxed);
-                let open = OpenRequest(open_requests.clone());
+                let open = OpenRequest {
+                    open: open_requests.clone(),
+                    connections: connections.clone(),
+                    index,
+                };
                 let router = connections.serving.read().expect("serving version").clone();
                 // Which function has the call, for the supervisor to name it
                 // if this worker dies with it.
@@ -165,12 +169,26 @@ impl Connections {
     }
 }
 
-/// Counts a request as open on its connection until its response body ends.
-struct OpenRequest(Arc<AtomicUsize>);
+/// Counts a request as open on its connection until its response body
+/// ends; then the call is done (the supervisor no longer counts it in
+/// flight).
+struct OpenRequest {
+    open: Arc<AtomicUsize>,
+    connections: Arc<Connections>,
+    index: u32,
+}
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.open.fetch_sub(1, Ordering::Relaxed) == 1
+            && let Some(entry) = self.connections.table.entry(self.index)
+            && matches!(
+                entry.state(),
+                ConnectionState::Busy | ConnectionState::Responding
+            )
+        {
+            entry.set(ConnectionState::Done);
+        }
     }
 }
 
@@ -182,9 +200,10 @@ fn shut_down(fd: RawFd) {
 }
 
 /// A handed connection's socket that writes its state into the table as
-/// bytes move: data read on an idle connection makes it busy, the first
-/// byte written makes it responding, and a read that finds nothing once
-/// every request is answered makes it idle again.
+/// bytes move: data read on an idle (or done) connection makes it busy,
+/// the first byte written makes it responding, the end of its last
+/// response body done ([`OpenRequest`]), and a read that finds nothing
+/// once every request is answered idle again.
 struct TrackedIo {
     inner: tokio::net::TcpStream,
     connections: Arc<Connections>,
@@ -213,7 +232,8 @@ impl AsyncRead for TrackedIo {
         let entry = this.entry();
         match &polled {
             Poll::Ready(Ok(()))
-                if buf.filled().len() > before && entry.state() == ConnectionState::Idle =>
+                if buf.filled().len() > before
+                    && matches!(entry.state(), ConnectionState::Idle | ConnectionState::Done) =>
             {
                 entry.set(ConnectionState::Busy);
             }

@@ -40,6 +40,7 @@ impl Batch {
 pub struct Reports {
     batch: Mutex<Batch>,
     wake: Notify,
+    hurry: Notify,
 }
 
 impl Reports {
@@ -57,7 +58,10 @@ impl Reports {
         tokio::spawn(async move {
             loop {
                 reports.wake.notified().await;
-                tokio::time::sleep(REPORT_DELAY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(REPORT_DELAY) => {}
+                    () = reports.hurry.notified() => {}
+                }
                 if !reports.flush(&to_supervisor) {
                     return;
                 }
@@ -73,6 +77,12 @@ impl Reports {
         if was_empty {
             self.wake.notify_one();
         }
+    }
+
+    /// Sends the batch now, not after the delay: the supervisor counts
+    /// open connections to place new ones.
+    fn hurry(&self) {
+        self.hurry.notify_one();
     }
 
     /// An invocation of `function` of version `generation` ended.
@@ -91,11 +101,13 @@ impl Reports {
     /// Connection `index` ended; its socket is shut down.
     pub fn closed(&self, index: u32) {
         self.add(|batch| batch.closed.push(index));
+        self.hurry();
     }
 
     /// Connection `index` is given back at a request boundary.
     pub fn released(&self, index: u32) {
         self.add(|batch| batch.released.push(index));
+        self.hurry();
     }
 
     /// Sends what is in the batch now; false once the supervisor is gone.

@@ -122,7 +122,8 @@ impl WorkerPool {
 impl WorkerPool {
     /// The ready worker with app version `generation` loaded (other than
     /// slot `not`) holding the fewest handed connections; among equals,
-    /// the one given the fewest so far.
+    /// the one serving the fewest requests on them now (read from its
+    /// table), then the one given the fewest so far.
     pub fn pick_for_connection(
         &self,
         generation: u64,
@@ -135,6 +136,7 @@ impl WorkerPool {
             .min_by_key(|link| {
                 (
                     link.handed.open_count(),
+                    link.handed.in_flight(),
                     link.dispatched.load(Ordering::Relaxed),
                 )
             })?;

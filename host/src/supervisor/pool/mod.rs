@@ -685,7 +685,11 @@ impl WorkerLink {
         let mut groups: HashMap<(u64, u32, ipc::Outcome), Vec<Duration>> = HashMap::new();
         for completion in completions {
             groups
-                .entry((completion.generation, completion.function, completion.outcome))
+                .entry((
+                    completion.generation,
+                    completion.function,
+                    completion.outcome,
+                ))
                 .or_default()
                 .push(Duration::from_nanos(completion.wall_ns));
         }
