@@ -484,3 +484,36 @@ fn request_and_response_bodies_do_not_pass_through_the_supervisor() {
     assert!(handed < 1 << 20, "the supervisor moved {handed} bytes");
     eprintln!("supervisor bytes moved: forwarded {forwarded}, handed {handed}");
 }
+
+/// Connections that come and go by the thousand: each call on a fresh
+/// connection, many at once. A worker once shut down a socket by the
+/// number of a descriptor it had already closed, which by then could be a
+/// newly handed connection's: calls failed with an incomplete message.
+#[test]
+fn calls_on_a_fresh_connection_each_are_all_answered() {
+    let server = Arc::new(start_workers("hello", 2, &[]));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                for _ in 0..60 {
+                    let response = client.get(server.url("/")).send().unwrap();
+                    assert_eq!(response.status(), 200);
+                    assert_eq!(response.text().unwrap(), "hello from fnhost\n");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let completed: f64 = workers(&server)
+        .iter()
+        .map(|w| w["completed"].as_f64().unwrap())
+        .sum();
+    assert_eq!(completed, 960.0);
+}

@@ -93,8 +93,9 @@ impl Connections {
         let stream = match tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(stream) => stream,
             Err(error) => {
+                // Its descriptor is closed; the supervisor's goes with the
+                // report, and the client sees the connection end.
                 tracing::warn!("a handed connection could not be registered: {error}");
-                shut_down(raw);
                 self.reports.closed(index);
                 return;
             }
@@ -155,14 +156,20 @@ impl Connections {
             connection.poll_without_shutdown(cx)
         })
         .await;
-        let unread = connection.into_parts().read_buf;
-        if hand_back && ended.is_ok() && unread.is_empty() {
-            self.reports.released(index);
-        } else {
+        // The socket stays open (`parts.io`) until it is shut down: once
+        // closed, its descriptor's number can be a newly handed one's.
+        let parts = connection.into_parts();
+        let handed_back = hand_back && ended.is_ok() && parts.read_buf.is_empty();
+        if !handed_back {
             if let Err(error) = ended {
                 tracing::debug!("connection ended: {error}");
             }
             shut_down(raw);
+        }
+        drop(parts);
+        if handed_back {
+            self.reports.released(index);
+        } else {
             self.reports.closed(index);
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
