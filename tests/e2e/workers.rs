@@ -485,14 +485,16 @@ fn request_and_response_bodies_do_not_pass_through_the_supervisor() {
     eprintln!("supervisor bytes moved: forwarded {forwarded}, handed {handed}");
 }
 
-/// Connections that come and go by the thousand: each call on a fresh
-/// connection, many at once. A worker once shut down a socket by the
-/// number of a descriptor it had already closed, which by then could be a
-/// newly handed connection's: calls failed with an incomplete message.
+/// Connections that come and go by the thousand, each call on a fresh
+/// one, 64 at once: every call is answered and counted once. (The churn
+/// bug this path had, a socket shut down by the number of a descriptor
+/// already closed, showed only under the slower Python guest, in
+/// `python::async_def_calls_that_await_are_no_stall_on_a_saturated_host`;
+/// this test passes with it too.)
 #[test]
 fn calls_on_a_fresh_connection_each_are_all_answered() {
     let server = Arc::new(start_workers("hello", 2, &[]));
-    let threads: Vec<_> = (0..16)
+    let threads: Vec<_> = (0..64)
         .map(|_| {
             let server = server.clone();
             std::thread::spawn(move || {
@@ -500,7 +502,7 @@ fn calls_on_a_fresh_connection_each_are_all_answered() {
                     .pool_max_idle_per_host(0)
                     .build()
                     .unwrap();
-                for _ in 0..60 {
+                for _ in 0..30 {
                     let response = client.get(server.url("/")).send().unwrap();
                     assert_eq!(response.status(), 200);
                     assert_eq!(response.text().unwrap(), "hello from fnhost\n");
@@ -515,5 +517,5 @@ fn calls_on_a_fresh_connection_each_are_all_answered() {
         .iter()
         .map(|w| w["completed"].as_f64().unwrap())
         .sum();
-    assert_eq!(completed, 960.0);
+    assert_eq!(completed, 1920.0);
 }
