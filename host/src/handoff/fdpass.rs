@@ -33,7 +33,8 @@ pub fn send_with_fds(socket: RawFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::
     let payload = std::mem::size_of_val(raw.as_slice()) as u32;
     // SAFETY: CMSG_SPACE is arithmetic.
     let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    let mut control = vec![0u8; space];
+    // u64s: the buffer is read as a `cmsghdr`, which is 8-aligned.
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -79,7 +80,8 @@ pub fn recv_with_fds(
     let payload = (max_fds * std::mem::size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE is arithmetic.
     let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    let mut control = vec![0u8; space];
+    // u64s: the buffer is read as a `cmsghdr`, which is 8-aligned.
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
@@ -151,21 +153,29 @@ impl ConnectionChannel {
             .await
     }
 
-    /// The next connection and its table index; `None` once the other end
-    /// closed.
-    pub async fn recv(&self) -> io::Result<Option<(u32, OwnedFd)>> {
+    /// The next connection's table index and descriptor (`None` when the
+    /// kernel could not install it: this process is at its open-files
+    /// limit); `None` once the other end closed.
+    pub async fn recv(&self) -> io::Result<Option<(u32, Option<OwnedFd>)>> {
         let mut bytes = [0u8; 4];
-        let (read, mut fds) = self
+        let received = self
             .socket
             .async_io(Interest::READABLE, |socket| {
                 recv_with_fds(socket.as_raw_fd(), &mut bytes, 1)
             })
-            .await?;
+            .await;
+        let (read, mut fds) = match received {
+            Ok(received) => received,
+            Err(error) if error.kind() == io::ErrorKind::QuotaExceeded => {
+                return Ok(Some((u32::from_le_bytes(bytes), None)));
+            }
+            Err(error) => return Err(error),
+        };
         if read == 0 && fds.is_empty() {
             return Ok(None);
         }
         match (read, fds.pop()) {
-            (4, Some(fd)) if fds.is_empty() => Ok(Some((u32::from_le_bytes(bytes), fd))),
+            (4, Some(fd)) if fds.is_empty() => Ok(Some((u32::from_le_bytes(bytes), Some(fd)))),
             _ => Err(io::Error::other(
                 "a connection record without exactly one descriptor and a 4-byte index",
             )),
@@ -191,7 +201,7 @@ mod tests {
         drop(theirs);
         let (index, fd) = receiver.recv().await.unwrap().unwrap();
         assert_eq!(index, 42);
-        let mut received = std::os::unix::net::UnixStream::from(fd);
+        let mut received = std::os::unix::net::UnixStream::from(fd.unwrap());
         received.write_all(b"hi").unwrap();
         let mut buffer = [0u8; 2];
         ours.read_exact(&mut buffer).unwrap();

@@ -129,7 +129,9 @@ impl crate::app::dispatch::AppVersion for Generation {
     }
 }
 
-/// The version new invocations go to; a redeploy replaces it.
+/// The version new invocations go to; a redeploy replaces it. A clone
+/// sees the same version.
+#[derive(Clone)]
 pub struct Current(Arc<RwLock<Arc<Generation>>>);
 
 impl Current {

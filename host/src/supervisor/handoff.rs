@@ -104,8 +104,15 @@ impl Handed {
             Ok(()) => Ok(()),
             Err(_) => {
                 let mut open = self.open.lock().expect("open connections");
-                open.free.push(index);
-                Err(open.streams.remove(&index).expect("inserted above"))
+                match open.streams.remove(&index) {
+                    Some(stream) => {
+                        open.free.push(index);
+                        Err(stream)
+                    }
+                    // The worker died meanwhile and its rescue took the
+                    // connection: it is answered there.
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -135,14 +142,18 @@ impl Handed {
         streams
     }
 
-    /// Every connection and its last state (the worker is gone).
-    fn take_all(&self) -> Vec<(TcpStream, EntrySnapshot)> {
+    /// Every connection, its last state, and how long the watchdog has
+    /// seen it idle with bytes nobody read (the worker is gone).
+    fn take_all(&self) -> Vec<(TcpStream, EntrySnapshot, Option<Duration>)> {
         let mut open = self.open.lock().expect("open connections");
         let streams = std::mem::take(&mut open.streams);
-        open.unread_since.clear();
+        let unread_since = std::mem::take(&mut open.unread_since);
         streams
             .into_iter()
-            .filter_map(|(index, stream)| Some((stream, self.table.entry(index)?.snapshot())))
+            .filter_map(|(index, stream)| {
+                let unread_for = unread_since.get(&index).map(Instant::elapsed);
+                Some((stream, self.table.entry(index)?.snapshot(), unread_for))
+            })
             .collect()
     }
 
@@ -243,7 +254,7 @@ impl Supervisor {
             match stream.into_std() {
                 Ok(stream) => {
                     let supervisor = self.clone();
-                    tokio::spawn(async move { supervisor.hand_off(stream, None).await });
+                    tokio::spawn(async move { supervisor.hand_off(stream, false).await });
                 }
                 Err(error) => tracing::warn!("an accepted connection failed: {error}"),
             }
@@ -272,18 +283,19 @@ impl Supervisor {
     }
 
     /// Hands `stream` to the ready worker with the current app version
-    /// and the fewest open connections (never `not`); answers 503 when no
-    /// worker becomes ready within [`WAIT_FOR_A_WORKER`], and closes it
-    /// when the host is stopping.
-    pub(super) async fn hand_off(self: Arc<Self>, mut stream: TcpStream, not: Option<usize>) {
+    /// and the fewest open connections; answers 503 when no worker becomes
+    /// ready within [`WAIT_FOR_A_WORKER`]. A connection `rehomed` from a
+    /// worker that is gone or retiring (neither is in the pool any more)
+    /// is closed instead when the host is stopping.
+    pub(super) async fn hand_off(self: Arc<Self>, mut stream: TcpStream, rehomed: bool) {
         let waited = Instant::now();
         loop {
-            if self.draining.load(std::sync::atomic::Ordering::Relaxed) && not.is_some() {
+            if rehomed && self.draining.load(std::sync::atomic::Ordering::Relaxed) {
                 close(stream);
                 return;
             }
             let generation = self.current.get().id;
-            if let Some(link) = self.pool.pick_for_connection(generation, not) {
+            if let Some(link) = self.pool.pick_for_connection(generation) {
                 tracing::debug!(
                     "a connection to worker {} ({} open, {} in flight there)",
                     link.slot,
@@ -306,12 +318,12 @@ impl Supervisor {
 
     /// Connections a worker gave back: handed on, or closed when the host
     /// is stopping.
-    pub(super) fn rehome(self: &Arc<Self>, from: usize, streams: Vec<TcpStream>) {
+    pub(super) fn rehome(self: &Arc<Self>, streams: Vec<TcpStream>) {
         for stream in streams {
             if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
                 close(stream);
             } else {
-                tokio::spawn(self.clone().hand_off(stream, Some(from)));
+                tokio::spawn(self.clone().hand_off(stream, true));
             }
         }
     }
@@ -323,9 +335,12 @@ impl Supervisor {
         let now = now_ms();
         let mut idle = Vec::new();
         let mut lost = Vec::new();
-        for (stream, snapshot) in link.handed.take_all() {
+        let limit = self.overrun_limit();
+        for (stream, snapshot, unread_for) in link.handed.take_all() {
             match snapshot.state {
-                ConnectionState::Idle if overran && unread_bytes(&stream) > 0 => {
+                // The request the stuck worker never read: the one that
+                // got it recycled. Others waiting less go on intact.
+                ConnectionState::Idle if overran && unread_for.is_some_and(|d| d > limit) => {
                     answer_and_close(stream, FailureKind::Timeout);
                 }
                 ConnectionState::Idle => idle.push(stream),
@@ -351,7 +366,7 @@ impl Supervisor {
         if !lost.is_empty() {
             link.count_lost_connections(self.current.get().id, &lost);
         }
-        self.rehome(link.slot, idle);
+        self.rehome(idle);
     }
 
     /// How long a request may go unanswered before its worker is taken

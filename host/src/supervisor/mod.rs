@@ -258,8 +258,8 @@ impl Supervisor {
         {
             let supervisor = supervisor.clone();
             tokio::spawn(async move {
-                while let Some((slot, streams)) = given_back.recv().await {
-                    supervisor.rehome(slot, streams);
+                while let Some((_slot, streams)) = given_back.recv().await {
+                    supervisor.rehome(streams);
                 }
             });
         }

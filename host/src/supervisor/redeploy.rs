@@ -64,6 +64,17 @@ impl Supervisor {
         .await
         .map_err(|e| format!("reading the app failed: {e}"))?
         .map_err(|e| format!("{e:#}"))?;
+        if self.config.handoff
+            && self.config.workers.max > 1
+            && generation
+                .functions
+                .iter()
+                .any(|f| f.max_concurrent.is_some())
+        {
+            return Err(
+                "a redeploy cannot add a max_concurrent cap while connections are handed to several workers (restart the host, which then forwards every request)".into(),
+            );
+        }
         if queues(&generation.functions) != queues(&old.functions) {
             return Err(
                 "a redeploy cannot change which function a queue feeds (restart the host)".into(),
@@ -165,10 +176,16 @@ impl Supervisor {
             .cloned()
             .unwrap_or_default();
         let pool = self.pool.clone();
+        let versions = (*self.current).clone();
+        let current_now = move || versions.get().id;
         tokio::spawn(async move {
             match answer.await {
                 Ok(Ok(())) => {
-                    link.serve_version(current);
+                    // Unless a later redeploy has moved on meanwhile (it
+                    // tells the workers itself).
+                    if current_now() == current {
+                        link.serve_version(current);
+                    }
                     release_when_unused((started_with, retired), pool, Some(link)).await;
                 }
                 Ok(Err(message)) => {

@@ -377,9 +377,12 @@ impl Supervisor {
         // Its connections go to the other workers once their requests in
         // progress are answered.
         link.release_connections();
-        // The reader task marks the link lost if the worker dies meanwhile
-        // (in-flight then drops to 0 at once); an overrun kills it now.
-        while (link.in_flight() > 0 || (link.handed.open_count() > 0 && !link.is_lost()))
+        // The reader task marks the link lost if the worker dies meanwhile;
+        // an overrun kills it now.
+        // A lost worker's table says what it was doing when it died, not
+        // what it still does: its connections are answered at once below.
+        while !link.is_lost()
+            && (link.in_flight() > 0 || link.handed.open_count() > 0)
             && Instant::now() < deadline
             && !link.overran()
         {

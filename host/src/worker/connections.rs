@@ -54,8 +54,16 @@ impl Connections {
         tokio::spawn(async move {
             loop {
                 match channel.recv().await {
-                    Ok(Some((index, fd))) => {
+                    Ok(Some((index, Some(fd)))) => {
                         tokio::spawn(receiver.clone().serve(index, fd));
+                    }
+                    Ok(Some((index, None))) => {
+                        // The kernel could not give this process the
+                        // descriptor (its limit): the supervisor closes it.
+                        tracing::warn!(
+                            "a handed connection arrived without its descriptor (at the open-files limit?)"
+                        );
+                        receiver.reports.closed(index);
                     }
                     Ok(None) => return,
                     Err(error) => {
@@ -209,8 +217,10 @@ fn shut_down(fd: RawFd) {
 /// A handed connection's socket that writes its state into the table as
 /// bytes move: data read on an idle (or done) connection makes it busy,
 /// the first byte written makes it responding, the end of its last
-/// response body done ([`OpenRequest`]), and a read that finds nothing
-/// once every request is answered idle again.
+/// response body done ([`OpenRequest`]), and a flush once it is done (all
+/// of hyper's buffer written to the socket) idle again. A request still
+/// arriving stays busy: handed on half-read, its rest would be read as a
+/// new request.
 struct TrackedIo {
     inner: tokio::net::TcpStream,
     connections: Arc<Connections>,
@@ -243,12 +253,6 @@ impl AsyncRead for TrackedIo {
                     && matches!(entry.state(), ConnectionState::Idle | ConnectionState::Done) =>
             {
                 entry.set(ConnectionState::Busy);
-            }
-            Poll::Pending
-                if this.open_requests.load(Ordering::Relaxed) == 0
-                    && entry.state() != ConnectionState::Idle =>
-            {
-                entry.set(ConnectionState::Idle);
             }
             _ => {}
         }
@@ -295,7 +299,17 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        // hyper flushes its own buffer into the socket before it flushes
+        // the socket: every byte of the finished answers is out.
+        if matches!(polled, Poll::Ready(Ok(())))
+            && this.open_requests.load(Ordering::Relaxed) == 0
+            && this.entry().state() == ConnectionState::Done
+        {
+            this.entry().set(ConnectionState::Idle);
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -27,8 +27,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 /// Soft and hard limit on a worker's open file descriptors (capped by the
-/// hard limit it inherits).
-pub const WORKER_OPEN_FILES: u64 = 16_384;
+/// hard limit it inherits): room for a full connection table and as many
+/// again for the guests' files and the runtime.
+pub const WORKER_OPEN_FILES: u64 = 2 * crate::handoff::table::CONNECTIONS_PER_WORKER as u64;
 
 /// What the supervisor's `Init` message says of the worker's limits.
 #[derive(Clone, Copy, Debug)]

@@ -390,13 +390,12 @@ async fn serve(
             }
             ToWorker::ServeVersion { generation } => match versions.get(&generation) {
                 Some(version) => connections.serve_version(version.router.clone()),
-                None => {
-                    tracing::error!(
-                        "worker {}: told to serve app version {generation}, which it does not have",
-                        init.slot
-                    );
-                    return Ok(ExitCode::from(EXIT_PROTOCOL));
-                }
+                // Released already (a later redeploy overtook it): the
+                // connections keep the version they have.
+                None => tracing::warn!(
+                    "worker {}: told to serve app version {generation}, which it no longer has",
+                    init.slot
+                ),
             },
             ToWorker::ReleaseConnections => connections.release_all(),
             ToWorker::Flush { token } => {

@@ -120,19 +120,15 @@ impl WorkerPool {
 }
 
 impl WorkerPool {
-    /// The ready worker with app version `generation` loaded (other than
-    /// slot `not`) holding the fewest handed connections; among equals,
-    /// the one serving the fewest requests on them now (read from its
-    /// table), then the one given the fewest so far.
-    pub fn pick_for_connection(
-        &self,
-        generation: u64,
-        not: Option<usize>,
-    ) -> Option<Arc<WorkerLink>> {
+    /// The ready worker with app version `generation` loaded holding the
+    /// fewest handed connections; among equals, the one serving the fewest
+    /// requests on them now (read from its table), then the one given the
+    /// fewest so far.
+    pub fn pick_for_connection(&self, generation: u64) -> Option<Arc<WorkerLink>> {
         let links = self.links.read().expect("pool");
         let best = links
             .iter()
-            .filter(|link| !link.is_lost() && Some(link.slot) != not && link.has_loaded(generation))
+            .filter(|link| !link.is_lost() && link.has_loaded(generation))
             .min_by_key(|link| {
                 (
                     link.handed.open_count(),
