@@ -407,13 +407,14 @@ fn get_on(stream: &mut std::net::TcpStream, path: &str) -> (u16, String) {
     (status, text)
 }
 
-#[test]
-fn idle_keep_alive_connections_outlive_a_killed_worker() {
-    let server = start_workers("hello", 2, &[]);
+/// Connections idle on a worker killed with `kill -9` go on with another
+/// worker, or with the replacement when it was the only one.
+fn idle_connections_outlive_a_killed_worker(count: usize) {
+    let server = start_workers("hello", count, &[]);
     let pids = ready_pids(&server);
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), count);
     // One connection on each worker (each goes to the one holding fewer).
-    let mut connections: Vec<_> = (0..2)
+    let mut connections: Vec<_> = (0..count)
         .map(|_| {
             let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
             stream
@@ -436,12 +437,22 @@ fn idle_keep_alive_connections_outlive_a_killed_worker() {
         "the killed worker replaced",
         || {
             let now = ready_pids(&server);
-            now.len() == 2 && !now.contains(&pids[0])
+            now.len() == count && !now.contains(&pids[0])
         },
     );
     for stream in &mut connections {
         assert_eq!(get_on(stream, "/").0, 200);
     }
+}
+
+#[test]
+fn idle_keep_alive_connections_outlive_a_killed_worker() {
+    idle_connections_outlive_a_killed_worker(2);
+}
+
+#[test]
+fn idle_keep_alive_connections_of_the_only_worker_go_to_its_replacement() {
+    idle_connections_outlive_a_killed_worker(1);
 }
 
 /// Bytes the process has read and written through system calls
