@@ -26,25 +26,37 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A zeroed control buffer with room for `payload` bytes of one control
+/// message; u64s, as it is read as a `cmsghdr`, which is 8-aligned.
+fn control_buffer(payload: u32) -> Vec<u64> {
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// A message header over one buffer and a control buffer; both must
+/// outlive its use.
+fn message_header(iov: &mut libc::iovec, control: &mut [u64]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, valid zeroed.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(control) as _;
+    message
+}
+
 /// Sends `data` with the descriptors `fds` attached, once, blocking or not
 /// as the socket is.
 pub fn send_with_fds(socket: RawFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let payload = std::mem::size_of_val(raw.as_slice()) as u32;
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    // u64s: the buffer is read as a `cmsghdr`, which is 8-aligned.
-    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut control = control_buffer(payload);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = space as _;
+    let message = message_header(&mut iov, &mut control);
     // SAFETY: the control buffer has room for one header and `payload`.
     unsafe {
         let header = libc::CMSG_FIRSTHDR(&message);
@@ -78,20 +90,12 @@ pub fn recv_with_fds(
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let payload = (max_fds * std::mem::size_of::<RawFd>()) as u32;
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    // u64s: the buffer is read as a `cmsghdr`, which is 8-aligned.
-    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut control = control_buffer(payload);
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
     };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = space as _;
+    let mut message = message_header(&mut iov, &mut control);
     // SAFETY: recvmsg writes into the buffers we own.
     let read = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
     if read < 0 {

@@ -239,15 +239,7 @@ impl Supervisor {
         tokio::pin!(stop);
         loop {
             let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                stream = crate::triggers::http::accept(&listener) => stream,
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);

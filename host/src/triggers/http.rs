@@ -66,16 +66,8 @@ impl HttpTrigger {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let stream = tokio::select! {
+                stream = accept(&listener) => stream,
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
@@ -101,6 +93,20 @@ impl HttpTrigger {
         tokio::select! {
             () = graceful.shutdown() => true,
             () = tokio::time::sleep(grace) => false,
+        }
+    }
+}
+
+/// The next connection on `listener`. A failed accept (EMFILE and
+/// friends) is logged and tried again 50 ms later instead of spinning.
+pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => return stream,
+            Err(error) => {
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }

@@ -229,7 +229,7 @@ impl WorkerLink {
     }
 
     /// Resolves once the worker has sent everything it counted before
-    /// now (or after [`FLUSH_WAIT`], or at once if it is lost).
+    /// now (or after 200 ms, or at once if it is lost).
     pub async fn flush(&self) {
         static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
