@@ -207,3 +207,25 @@ fn in_process_sighup_swaps_the_app_without_a_failed_call() {
         failed.first()
     );
 }
+
+/// A call in flight across a redeploy is counted when it ends, against the
+/// version it started on (on a handed connection no call holds its
+/// version, so the supervisor keeps replaced versions' counts).
+#[test]
+fn a_call_in_flight_across_a_redeploy_is_counted() {
+    let dir = temp_dir("redeploy-count");
+    let component = dir.join("app.wasm");
+    std::fs::copy(example("sleep"), &component).unwrap();
+    let server = Server::start(&component, &["--admin", "127.0.0.1:0"]);
+    let url = server.url("/?ms=1500");
+    let slow = std::thread::spawn(move || client().get(url).send().unwrap().status());
+    std::thread::sleep(Duration::from_millis(300));
+    let reload = client().post(server.admin_url("/reload")).send().unwrap();
+    assert!(reload.status().is_success(), "{:?}", reload.text());
+    assert_eq!(slow.join().unwrap(), 200);
+    let metrics = server.admin_text("/metrics");
+    assert!(
+        metrics.contains(r#"fnhost_invocations_total{function="app",lane="async",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+}

@@ -54,6 +54,10 @@ pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(120);
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to wait for a worker's exit status after its channel closed.
 const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
+/// Replaced app versions whose counts are kept for calls still ending.
+const RETIRED_COUNTS: usize = 8;
+/// A replaced version's number and its functions' counts.
+type RetiredCounts = (u64, Vec<Arc<pool::FunctionLive>>);
 /// Exit code of a host stopped by the crash-loop breaker.
 pub const EXIT_CRASH_LOOP: u8 = 1;
 
@@ -183,6 +187,10 @@ pub struct Supervisor {
     next_generation: std::sync::atomic::AtomicU64,
     /// Every version made current, to know when one is no longer used.
     versions: Arc<Mutex<std::collections::HashMap<u64, std::sync::Weak<Generation>>>>,
+    /// The counts of the last [`RETIRED_COUNTS`] versions replaced, by
+    /// number: calls on handed connections hold no version, and one in
+    /// flight across a redeploy is counted when it ends.
+    retired: Arc<Mutex<std::collections::VecDeque<RetiredCounts>>>,
     serving: AtomicBool,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
@@ -244,6 +252,7 @@ impl Supervisor {
             reloading: tokio::sync::Mutex::new(()),
             next_generation: std::sync::atomic::AtomicU64::new(2),
             versions: Arc::new(Mutex::new([(1, first_version)].into())),
+            retired: Arc::default(),
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -578,17 +587,37 @@ impl Supervisor {
         self.metrics.encode()
     }
 
-    /// Finds a function of any version still alive, for workers' reports.
+    /// Finds a function of any version still alive, or recently replaced,
+    /// for workers' reports.
     fn function_lookup(&self) -> pool::FunctionLookup {
-        let versions = self.versions.clone();
+        let (versions, retired) = (self.versions.clone(), self.retired.clone());
         Arc::new(move |generation, index| {
-            let version = versions
+            let alive = versions
                 .lock()
                 .expect("versions")
-                .get(&generation)?
-                .upgrade()?;
-            version.live.get(index as usize).cloned()
+                .get(&generation)
+                .and_then(std::sync::Weak::upgrade);
+            match alive {
+                Some(version) => version.live.get(index as usize).cloned(),
+                None => retired
+                    .lock()
+                    .expect("retired versions")
+                    .iter()
+                    .find(|(id, _)| *id == generation)?
+                    .1
+                    .get(index as usize)
+                    .cloned(),
+            }
         })
+    }
+
+    /// Keeps the counts of `version`, just replaced, for calls that end later.
+    fn keep_counts(&self, version: &Generation) {
+        let mut retired = self.retired.lock().expect("retired versions");
+        if retired.len() == RETIRED_COUNTS {
+            retired.pop_front();
+        }
+        retired.push_back((version.id, version.live.clone()));
     }
 
     /// One row per function of the current app version.

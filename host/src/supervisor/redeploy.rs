@@ -128,6 +128,7 @@ impl Supervisor {
             versions.insert(id, Arc::downgrade(&generation));
         }
         let old = self.current.replace(generation.clone());
+        self.keep_counts(&old);
         for link in self.pool.links() {
             if link.has_loaded(id) {
                 link.serve_version(id);
