@@ -129,11 +129,19 @@ impl Supervisor {
         }
         let old = self.current.replace(generation.clone());
         self.keep_counts(&old);
-        for link in self.pool.links() {
-            if link.has_loaded(id) {
-                link.serve_version(id);
-            }
+        let serving: Vec<_> = self
+            .pool
+            .links()
+            .into_iter()
+            .filter(|link| link.has_loaded(id))
+            .collect();
+        for link in &serving {
+            link.serve_version(id);
         }
+        // Done once every worker has switched its connections (a flush is
+        // answered after the messages before it): a client's next request
+        // on a connection it already has then gets the new version.
+        futures_util::future::join_all(serving.iter().map(|link| link.flush())).await;
         tracing::info!(
             "redeployed: app version {id} ({}) is serving; version {} finishes what it runs",
             super::describe_functions(&generation.functions),
