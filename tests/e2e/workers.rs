@@ -466,7 +466,7 @@ fn bytes_moved(pid: u32) -> u64 {
 }
 
 #[test]
-fn request_and_response_bodies_do_not_pass_through_the_supervisor() {
+fn request_bodies_do_not_pass_through_the_supervisor() {
     let body = vec![b'x'; 4 << 20];
     let moved = |flags: &[&str]| {
         let server = start_workers("echo", 1, flags);
