@@ -381,12 +381,21 @@ impl Supervisor {
         // an overrun kills it now.
         // A lost worker's table says what it was doing when it died, not
         // what it still does: its connections are answered at once below.
+        let mut watched = Instant::now();
         while !link.is_lost()
             && (link.in_flight() > 0 || link.handed.open_count() > 0)
             && Instant::now() < deadline
             && !link.overran()
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            // Out of the pool, so the watchdog does not see it: the same
+            // check here (a stuck call gets its 504 from the rescue).
+            if watched.elapsed() >= super::handoff::WATCH_INTERVAL {
+                watched = Instant::now();
+                if link.handed.overdue(self.overrun_limit()) {
+                    link.overrun_connections();
+                }
+            }
         }
         if link.overran() {
             let _ = child.start_kill();
