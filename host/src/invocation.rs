@@ -53,6 +53,86 @@ impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
     }
 }
 
+/// How a response body ended, as [`on_body_end`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// It was read to its end.
+    Finished,
+    /// It failed.
+    Failed,
+    /// It was dropped before its end: the client (or its connection) went
+    /// away.
+    Dropped,
+}
+
+/// `response` whose body calls `on_end` once, when it ends, fails, or is
+/// dropped before its end. On a drop, `on_end` runs before the inner body
+/// (and whatever produces it) goes; a body dropped once it has nothing
+/// left to send (hyper does not poll past a known length) has finished.
+pub fn on_body_end(
+    response: http::Response<Body>,
+    on_end: impl FnOnce(BodyEnd) + Send + Unpin + 'static,
+) -> http::Response<Body> {
+    response.map(|inner| {
+        http_body_util::BodyExt::boxed_unsync(EndWatchedBody {
+            inner,
+            on_end: Some(on_end),
+        })
+    })
+}
+
+/// The body [`on_body_end`] makes.
+struct EndWatchedBody<F: FnOnce(BodyEnd)> {
+    inner: Body,
+    on_end: Option<F>,
+}
+
+impl<F: FnOnce(BodyEnd)> EndWatchedBody<F> {
+    fn end(&mut self, how: BodyEnd) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(how);
+        }
+    }
+}
+
+impl<F: FnOnce(BodyEnd) + Unpin> hyper::body::Body for EndWatchedBody<F> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            std::task::Poll::Ready(None) => this.end(BodyEnd::Finished),
+            std::task::Poll::Ready(Some(Err(_))) => this.end(BodyEnd::Failed),
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(BodyEnd)> Drop for EndWatchedBody<F> {
+    fn drop(&mut self) {
+        let how = if hyper::body::Body::is_end_stream(&self.inner) {
+            BodyEnd::Finished
+        } else {
+            BodyEnd::Dropped
+        };
+        self.end(how);
+    }
+}
+
 /// Why a body stream stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

@@ -9,14 +9,9 @@
 //! "Instance reuse, made safe"). So the response body is watched: dropped
 //! before its end means the client is gone.
 
-use crate::invocation::{Body, BodyError, DispatchResult, InvocationError, InvocationId};
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Body as _;
-use std::pin::Pin;
+use crate::invocation::{BodyEnd, DispatchResult, InvocationError, InvocationId, on_body_end};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 /// Where one call's answer goes: the guest's response (or the error code it
@@ -60,13 +55,10 @@ impl Answer {
             Some(sender) => {
                 let watched = result.map(|response| {
                     let shared = self.0.clone();
-                    response.map(|inner| {
-                        WatchedBody {
-                            inner,
-                            ended: false,
-                            shared,
+                    on_body_end(response, move |end| {
+                        if end == BodyEnd::Dropped {
+                            shared.abandoned.store(true, Ordering::Relaxed);
                         }
-                        .boxed_unsync()
                     })
                 });
                 let _ = sender.send(watched);
@@ -107,50 +99,12 @@ impl Answer {
     }
 }
 
-/// A response body that records being dropped before its end.
-struct WatchedBody {
-    inner: Body,
-    ended: bool,
-    shared: Arc<Shared>,
-}
-
-impl hyper::body::Body for WatchedBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.ended = true;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for WatchedBody {
-    fn drop(&mut self) {
-        // Set before the inner body (and the guest's stream with it) goes.
-        if !self.ended && !self.inner.is_end_stream() {
-            self.shared.abandoned.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invocation::{Body, BodyError};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
     use http_body_util::{Full, StreamBody};
 
     fn answer_with(body: Body) -> (Answer, oneshot::Receiver<DispatchResult>) {

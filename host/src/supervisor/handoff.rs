@@ -62,18 +62,17 @@ impl Handed {
 
     /// Requests the worker is serving on them now.
     pub fn in_flight(&self) -> usize {
-        self.snapshots()
-            .iter()
-            .filter(|(_, s)| matches!(s.state, ConnectionState::Busy | ConnectionState::Responding))
-            .count()
-    }
-
-    fn snapshots(&self) -> Vec<(u32, EntrySnapshot)> {
         let open = self.open.lock().expect("open connections");
         open.streams
             .keys()
-            .filter_map(|&index| Some((index, self.table.entry(index)?.snapshot())))
-            .collect()
+            .filter_map(|&index| self.table.entry(index))
+            .filter(|entry| {
+                matches!(
+                    entry.state(),
+                    ConnectionState::Busy | ConnectionState::Responding
+                )
+            })
+            .count()
     }
 
     /// Hands `stream` to the worker; gives it back if the worker holds

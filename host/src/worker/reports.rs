@@ -5,15 +5,12 @@
 //! at most 200 times a second, not once per request.
 
 use crate::invocation::{
-    Body, BodyError, Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult,
+    BodyEnd, Dispatch, DispatchResult, HttpInvocation, QueueInvocation, QueueResult, on_body_end,
 };
 use crate::ipc::{Completion, Outcome, ToSupervisor};
-use bytes::Bytes;
-use hyper::body::{Body as _, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
@@ -150,16 +147,13 @@ impl Dispatch for Reported {
             (self.reports.clone(), self.generation, self.function);
         Box::pin(async move {
             match call.await {
-                Ok(response) => Ok(response.map(|inner| {
-                    http_body_util::BodyExt::boxed_unsync(ReportedBody {
-                        inner,
-                        report: Some(Report {
-                            reports,
-                            generation,
-                            function,
-                            started,
-                        }),
-                    })
+                Ok(response) => Ok(on_body_end(response, move |end| {
+                    let outcome = match end {
+                        BodyEnd::Finished => Outcome::Ok,
+                        BodyEnd::Failed => Outcome::Failed(crate::FailureKind::Trap),
+                        BodyEnd::Dropped => Outcome::Cancelled,
+                    };
+                    reports.completed(generation, function, outcome, started);
                 })),
                 Err(error) => {
                     reports.completed(generation, function, Outcome::Failed(error.kind), started);
@@ -174,76 +168,5 @@ impl Dispatch for Reported {
         invocation: QueueInvocation,
     ) -> Pin<Box<dyn Future<Output = QueueResult> + Send + 'static>> {
         self.inner.dispatch_queue(invocation)
-    }
-}
-
-struct Report {
-    reports: Arc<Reports>,
-    generation: u64,
-    function: u32,
-    started: Instant,
-}
-
-impl Report {
-    fn send(self, outcome: Outcome) {
-        self.reports
-            .completed(self.generation, self.function, outcome, self.started);
-    }
-}
-
-/// A response body that reports its call's outcome when it ends, fails,
-/// or is dropped before its end (the client left).
-struct ReportedBody {
-    inner: Body,
-    report: Option<Report>,
-}
-
-impl hyper::body::Body for ReportedBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(report) = this.report.take() {
-                    report.send(Outcome::Ok);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(report) = this.report.take() {
-                    report.send(Outcome::Failed(crate::FailureKind::Trap));
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ReportedBody {
-    fn drop(&mut self) {
-        if let Some(report) = self.report.take() {
-            // hyper drops a body it has written to its end without polling
-            // past it when the length is known.
-            let outcome = if self.inner.is_end_stream() {
-                Outcome::Ok
-            } else {
-                Outcome::Cancelled
-            };
-            report.send(outcome);
-        }
     }
 }
