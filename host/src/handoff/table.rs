@@ -34,6 +34,10 @@ pub enum ConnectionState {
     /// Every response on it has ended, perhaps not all of it written out
     /// yet: no longer a call in flight, not yet safe to hand on.
     Done,
+    /// Its response ended before any byte of it was written (hyper writes
+    /// a short answer's head and body together, after the body's end): a
+    /// worker dying now leaves the client with nothing, as a busy one does.
+    DoneUnsent,
 }
 
 impl ConnectionState {
@@ -43,6 +47,7 @@ impl ConnectionState {
             1 => Self::Idle,
             2 => Self::Busy,
             4 => Self::Done,
+            5 => Self::DoneUnsent,
             // Anything else (a worker writing garbage) is treated as the
             // state that promises the least: the connection is closed.
             _ => Self::Responding,
@@ -56,6 +61,7 @@ impl ConnectionState {
             Self::Busy => 2,
             Self::Responding => 3,
             Self::Done => 4,
+            Self::DoneUnsent => 5,
         }
     }
 }

@@ -335,7 +335,7 @@ impl Supervisor {
                     answer_and_close(stream, FailureKind::Timeout);
                 }
                 ConnectionState::Idle => idle.push(stream),
-                ConnectionState::Busy => {
+                ConnectionState::Busy | ConnectionState::DoneUnsent => {
                     let overdue = snapshot.function.is_some()
                         && now.saturating_sub(snapshot.since_ms) > limit_ms;
                     let kind = if overran && overdue {

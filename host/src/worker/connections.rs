@@ -197,12 +197,12 @@ impl Drop for OpenRequest {
     fn drop(&mut self) {
         if self.open.fetch_sub(1, Ordering::Relaxed) == 1
             && let Some(entry) = self.connections.table.entry(self.index)
-            && matches!(
-                entry.state(),
-                ConnectionState::Busy | ConnectionState::Responding
-            )
         {
-            entry.set(ConnectionState::Done);
+            match entry.state() {
+                ConnectionState::Busy => entry.set(ConnectionState::DoneUnsent),
+                ConnectionState::Responding => entry.set(ConnectionState::Done),
+                _ => {}
+            }
         }
     }
 }
@@ -250,7 +250,10 @@ impl AsyncRead for TrackedIo {
         match &polled {
             Poll::Ready(Ok(()))
                 if buf.filled().len() > before
-                    && matches!(entry.state(), ConnectionState::Idle | ConnectionState::Done) =>
+                    && matches!(
+                        entry.state(),
+                        ConnectionState::Idle | ConnectionState::Done | ConnectionState::DoneUnsent
+                    ) =>
             {
                 entry.set(ConnectionState::Busy);
             }
@@ -264,8 +267,10 @@ impl TrackedIo {
     fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
             let entry = self.entry();
-            if entry.state() == ConnectionState::Busy {
-                entry.set(ConnectionState::Responding);
+            match entry.state() {
+                ConnectionState::Busy => entry.set(ConnectionState::Responding),
+                ConnectionState::DoneUnsent => entry.set(ConnectionState::Done),
+                _ => {}
             }
         }
     }
