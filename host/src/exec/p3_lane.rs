@@ -130,13 +130,15 @@ impl Dispatch for P3Lane {
                     }
                 }
             };
-            match tokio::time::timeout(timeout, served).await {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match tokio::time::timeout_at(deadline, served).await {
                 Ok(Ok(response)) => Ok(host_response(response)),
-                Ok(Err(error)) => Err(classify_p3(&error)),
-                Err(_) => Err(InvocationError::new(
-                    FailureKind::Timeout,
-                    format!("ran past its {} ms timeout", timeout.as_millis()),
+                Ok(Err(error)) => Err(failure_of(
+                    &error,
+                    tokio::time::Instant::now() >= deadline,
+                    timeout,
                 )),
+                Err(_) => Err(ran_past(timeout, None)),
             }
         })
     }
@@ -158,6 +160,33 @@ fn given_back(
         .request
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// The failure a call that ended with `error` gets. The instance's own
+/// timers (its instantiation's timeout, and its expiry, which ends the
+/// instance and reaches the call as a lost instance) have the call's timeout
+/// as their length and start a little after the call's deadline was set;
+/// whether one of them or the deadline is seen first is up to the scheduler,
+/// so an error seen `past_deadline` is the call running out of time.
+fn failure_of(error: &wasmtime::Error, past_deadline: bool, timeout: Duration) -> InvocationError {
+    let failure = classify_p3(error);
+    if past_deadline {
+        ran_past(timeout, Some(&failure))
+    } else {
+        failure
+    }
+}
+
+/// A timeout, with what the call ended with instead, if anything.
+fn ran_past(timeout: Duration, instead: Option<&InvocationError>) -> InvocationError {
+    let millis = timeout.as_millis();
+    InvocationError::new(
+        FailureKind::Timeout,
+        match instead {
+            Some(failure) => format!("ran past its {millis} ms timeout ({})", failure.detail),
+            None => format!("ran past its {millis} ms timeout"),
+        },
+    )
 }
 
 fn classify_p3(error: &wasmtime::Error) -> InvocationError {
@@ -334,5 +363,37 @@ impl WorkerState for Reuse {
                 one_line(&error)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_instance_lost_past_the_deadline_is_a_timeout_and_before_it_a_trap() {
+        let lost = wasmtime::Error::new(TrapOrPanicError);
+        assert_eq!(failure_of(&lost, true, TIMEOUT).kind, FailureKind::Timeout);
+        assert_eq!(failure_of(&lost, false, TIMEOUT).kind, FailureKind::Trap);
+    }
+
+    #[test]
+    fn an_instantiation_that_timed_out_past_the_deadline_is_a_timeout() {
+        let failed = wasmtime::Error::msg("instantiation ran past the timeout");
+        let timed_out = failure_of(&failed, true, TIMEOUT);
+        assert_eq!(timed_out.kind, FailureKind::Timeout);
+        assert!(
+            timed_out.detail.contains("ran past its 1000 ms timeout"),
+            "{}",
+            timed_out.detail
+        );
+        assert!(
+            timed_out.detail.contains("instantiation"),
+            "{}",
+            timed_out.detail
+        );
+        assert_eq!(failure_of(&failed, false, TIMEOUT).kind, FailureKind::Trap);
     }
 }
